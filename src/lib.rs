@@ -1,0 +1,2 @@
+//! storeguard: the in-store half of a retail security service.
+//! See ARCHITECTURE.md for the map.
