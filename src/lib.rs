@@ -1,2 +1,12 @@
 //! storeguard: the in-store half of a retail security service.
-//! See ARCHITECTURE.md for the map.
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod button;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod exit;
+pub mod logging;
+pub mod store;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

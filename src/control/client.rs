@@ -1,0 +1,175 @@
+//! Blocking client for the control socket, used by the CLI subcommands.
+
+use crate::exit::{self, coded};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use super::http::percent_encode;
+
+pub struct Client {
+    socket: PathBuf,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Self {
+        Client {
+            socket: socket.to_path_buf(),
+            timeout: Some(Duration::from_secs(30)),
+        }
+    }
+
+    fn connect(&self) -> Result<UnixStream> {
+        let s = UnixStream::connect(&self.socket).map_err(|e| {
+            use std::io::ErrorKind::*;
+            match e.kind() {
+                NotFound | ConnectionRefused => coded(
+                    exit::UNAVAILABLE,
+                    format!(
+                        "the storeguard daemon is not running (nothing listening on {})",
+                        self.socket.display()
+                    ),
+                ),
+                PermissionDenied => coded(
+                    exit::NOPERM,
+                    format!(
+                        "permission denied on {}: run as root or as a member of the control group",
+                        self.socket.display()
+                    ),
+                ),
+                _ => anyhow::Error::new(e)
+                    .context(format!("connecting to {}", self.socket.display())),
+            }
+        })?;
+        s.set_read_timeout(self.timeout)?;
+        Ok(s)
+    }
+
+    fn send(
+        &self,
+        s: &mut UnixStream,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<()> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: storeguard\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(&body)?;
+        Ok(())
+    }
+
+    /// One request; a non-2xx reply becomes an error carrying the daemon's message.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut s = self.connect()?;
+        self.send(&mut s, method, path, body)
+            .with_context(|| format!("sending {method} {path}"))?;
+        let mut rd = BufReader::new(s);
+        let (status, chunked) = read_head(&mut rd)?;
+        let mut raw = Vec::new();
+        if chunked {
+            read_chunks(&mut rd, |c| raw.extend_from_slice(c))?;
+        } else {
+            rd.read_to_end(&mut raw)?;
+        }
+        let v: Value = serde_json::from_slice(&raw)
+            .with_context(|| format!("daemon replied with invalid JSON to {path}"))?;
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        let msg = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("request failed")
+            .to_string();
+        let code = match status {
+            403 => exit::NOPERM,
+            400 | 422 => exit::DATAERR,
+            404 => exit::DATAERR,
+            503 => exit::UNAVAILABLE,
+            _ => exit::FAILURE,
+        };
+        Err(coded(code, msg))
+    }
+
+    /// A streaming request: calls `each` for every NDJSON value until the daemon ends
+    /// the stream or `each` returns false.
+    pub fn stream(&self, path: &str, mut each: impl FnMut(Value) -> bool) -> Result<()> {
+        let mut s = self.connect()?;
+        s.set_read_timeout(None)?;
+        self.send(&mut s, "GET", path, None)?;
+        let mut rd = BufReader::new(s);
+        let (status, chunked) = read_head(&mut rd)?;
+        if !(200..300).contains(&status) || !chunked {
+            let mut raw = Vec::new();
+            rd.read_to_end(&mut raw)?;
+            let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            let msg = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("stream refused");
+            return Err(coded(exit::FAILURE, msg.to_string()));
+        }
+        let mut buf = Vec::new();
+        let mut go = true;
+        read_chunks(&mut rd, |c| {
+            buf.extend_from_slice(c);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                if go && let Ok(v) = serde_json::from_slice(&line) {
+                    go = each(v);
+                }
+            }
+        })
+    }
+}
+
+fn read_head(rd: &mut impl BufRead) -> Result<(u16, bool)> {
+    let mut line = String::new();
+    rd.read_line(&mut line)
+        .context("reading reply from the daemon")?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("malformed reply status line {:?}", line.trim_end()))?;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if rd.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+            break;
+        }
+        let l = line.to_ascii_lowercase();
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
+    }
+    Ok((status, chunked))
+}
+
+fn read_chunks(rd: &mut impl BufRead, mut each: impl FnMut(&[u8])) -> Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if rd.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let n = usize::from_str_radix(line.trim(), 16)
+            .with_context(|| format!("bad chunk size {:?}", line.trim()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut chunk = vec![0; n + 2];
+        rd.read_exact(&mut chunk)?;
+        each(&chunk[..n]);
+    }
+}
