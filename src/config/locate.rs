@@ -9,8 +9,8 @@ use toml_edit::{Item, Table, Value};
 
 #[derive(Debug, Default)]
 pub struct SpanIndex {
-    /// (path, span of the value, or of the table header for tables)
-    entries: Vec<(String, Range<usize>)>,
+    /// (path, span of the value or table header, span from the key to the value's end)
+    entries: Vec<(String, Range<usize>, Range<usize>)>,
     line_starts: Vec<usize>,
 }
 
@@ -38,7 +38,7 @@ impl SpanIndex {
     pub fn span_of(&self, path: &str) -> Option<Range<usize>> {
         let mut p = path.to_string();
         loop {
-            if let Some((_, s)) = self.entries.iter().find(|(k, _)| *k == p) {
+            if let Some((_, s, _)) = self.entries.iter().find(|(k, _, _)| *k == p) {
                 return Some(s.clone());
             }
             let cut = p.rfind(['.', '['])?;
@@ -50,14 +50,17 @@ impl SpanIndex {
     pub fn path_at(&self, offset: usize) -> Option<&str> {
         self.entries
             .iter()
-            .filter(|(_, s)| s.start <= offset && offset < s.end.max(s.start + 1))
-            .min_by_key(|(_, s)| s.end - s.start)
-            .map(|(k, _)| k.as_str())
+            .filter(|(_, _, s)| s.start <= offset && offset < s.end.max(s.start + 1))
+            .min_by_key(|(_, _, s)| s.end - s.start)
+            .map(|(k, _, _)| k.as_str())
     }
 
-    fn push(&mut self, path: String, span: Option<Range<usize>>) {
+    fn push(&mut self, path: String, span: Option<Range<usize>>, key: Option<Range<usize>>) {
         if let Some(s) = span {
-            self.entries.push((path, s));
+            let whole = key
+                .map(|k| k.start.min(s.start)..s.end.max(k.end))
+                .unwrap_or(s.clone());
+            self.entries.push((path, s, whole));
         }
     }
 
@@ -72,14 +75,14 @@ impl SpanIndex {
     fn walk_item(&mut self, item: &Item, path: String, key_span: Option<Range<usize>>) {
         match item {
             Item::Table(t) => {
-                self.push(path.clone(), t.span().or(key_span));
+                self.push(path.clone(), t.span().or(key_span.clone()), key_span);
                 self.walk_table(t, &path);
             }
             Item::ArrayOfTables(a) => {
-                self.push(path.clone(), a.span().or(key_span));
+                self.push(path.clone(), a.span().or(key_span.clone()), key_span);
                 for (i, t) in a.iter().enumerate() {
                     let p = format!("{path}[{i}]");
-                    self.push(p.clone(), t.span());
+                    self.push(p.clone(), t.span(), None);
                     self.walk_table(t, &p);
                 }
             }
@@ -90,7 +93,7 @@ impl SpanIndex {
 
     fn walk_value(&mut self, v: &Value, path: String, key_span: Option<Range<usize>>) {
         // Point at the value: that is what is wrong, and the key is on the same line.
-        self.push(path.clone(), v.span().or(key_span));
+        self.push(path.clone(), v.span().or(key_span.clone()), key_span);
         match v {
             Value::Array(a) => {
                 for (i, e) in a.iter().enumerate() {

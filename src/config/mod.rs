@@ -698,7 +698,7 @@ cameras = ["cam1", "cam2"]
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, 5, "{p:?}");
         assert!(p[0].message.contains("unknown field `colour`"), "{p:?}");
-        assert_eq!(p[0].field, "site");
+        assert_eq!(p[0].field, "site.colour");
     }
 
     #[test]
@@ -716,7 +716,7 @@ cameras = ["cam1", "cam2"]
         let p = problems(&bad);
         let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["cameras[1].id", "buttons[0].cameras[1]"], "{p:?}");
-        assert_eq!((p[0].line, p[0].column), (17, 6));
+        assert_eq!((p[0].line, p[0].column), (16, 6));
         assert!(p[0].message.contains("duplicate camera id"));
         assert!(p[1].message.contains("no camera with id \"cam9\""));
     }
