@@ -289,6 +289,10 @@ pub struct GpioCdevSource {
     req: Request,
     /// Level snapshot taken at request time, delivered as the first edge (seq 0).
     snapshot: Option<Edge>,
+    /// Level of the last edge handed out, to resync after lost events.
+    last_level: Option<bool>,
+    /// Last kernel sequence number (v2) or our own event count (v1).
+    last_seq: u64,
     v1_seq: u64,
 }
 
@@ -371,6 +375,8 @@ impl GpioCdevSource {
             plan,
             req,
             snapshot,
+            last_level: None,
+            last_seq: 0,
             v1_seq: 0,
         })
     }
@@ -425,28 +431,75 @@ impl GpioCdevSource {
     }
 }
 
-impl EdgeSource for GpioCdevSource {
-    fn next_edge(&mut self, timeout: Duration) -> Result<Option<Edge>, GpioError> {
-        if let Some(snap) = self.snapshot.take() {
-            return Ok(Some(snap));
-        }
-        if !self.wait_readable(timeout)? {
+impl GpioCdevSource {
+    /// On a quiet line, compare the current level with the last one reported. Events can
+    /// be lost when the kernel FIFO overflows (v1 drops the newest, which could be the
+    /// settled level after a bounce storm); a level read repairs that.
+    fn resync(&mut self) -> Result<Option<Edge>, GpioError> {
+        let Some(last) = self.last_level else {
+            return Ok(None);
+        };
+        let level = self
+            .req
+            .value(self.offset)
+            .map_err(|e| self.read_error(std::io::Error::other(e)))?;
+        let active = level == Value::Active;
+        if active == last {
             return Ok(None);
         }
-        let ev = self.req.read_edge_event().map_err(|e| {
-            let e = std::io::Error::other(e);
-            self.read_error(e)
-        })?;
+        tracing::warn!(
+            button = %self.at.button,
+            active,
+            "button line level changed without an edge event; resynced"
+        );
+        Ok(Some(Edge {
+            active,
+            kernel_ts_ns: monotonic_now_ns(),
+            clock: EdgeClock::Monotonic,
+            seq: 0,
+        }))
+    }
+
+    fn read_edge(&mut self) -> Result<Edge, GpioError> {
+        let ev = self
+            .req
+            .read_edge_event()
+            .map_err(|e| self.read_error(std::io::Error::other(e)))?;
         if self.plan.abi == AbiVersion::V1 {
             self.v1_seq += 1;
         }
-        Ok(Some(edge_from_event(
+        let edge = edge_from_event(
             &ev,
             self.plan.abi,
             monotonic_now_ns(),
             realtime_now_ns(),
             self.v1_seq,
-        )))
+        );
+        if self.plan.abi == AbiVersion::V2 && self.last_seq != 0 && edge.seq > self.last_seq + 1 {
+            tracing::warn!(
+                button = %self.at.button,
+                lost = edge.seq - self.last_seq - 1,
+                "button edge events lost (kernel event buffer overflow)"
+            );
+        }
+        self.last_seq = edge.seq;
+        Ok(edge)
+    }
+}
+
+impl EdgeSource for GpioCdevSource {
+    fn next_edge(&mut self, timeout: Duration) -> Result<Option<Edge>, GpioError> {
+        let edge = if let Some(snap) = self.snapshot.take() {
+            Some(snap)
+        } else if self.wait_readable(timeout)? {
+            Some(self.read_edge()?)
+        } else {
+            self.resync()?
+        };
+        if let Some(e) = &edge {
+            self.last_level = Some(e.active);
+        }
+        Ok(edge)
     }
 
     fn kernel_debounce(&self) -> bool {

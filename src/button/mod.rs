@@ -120,7 +120,8 @@ pub struct Edge {
     pub kernel_ts_ns: u64,
     /// Clock of `kernel_ts_ns`; also the clock of the source's [`EdgeSource::now_ns`].
     pub clock: EdgeClock,
-    /// Per-line sequence number; 0 marks the level snapshot taken when the line was requested.
+    /// Per-line sequence number; 0 marks a level read rather than a kernel event (the
+    /// snapshot taken when the line is requested, or a resync after lost events).
     pub seq: u64,
 }
 
