@@ -7,7 +7,7 @@
 mod locate;
 pub mod values;
 
-use crate::button::{Bias, LineId, Wiring};
+use crate::button::{Bias, LineId, LineSettings, Wiring};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -159,9 +159,10 @@ pub struct Button {
     pub line: LineId,
     #[serde(default)]
     pub active_low: bool,
-    #[serde(default = "default_bias")]
+    #[serde(default)]
     pub bias: Bias,
-    #[serde(default = "default_wiring")]
+    /// `normally-open` or `normally-closed`; no default, because it decides what a cut
+    /// wire looks like (only NC wiring can detect one).
     pub wiring: Wiring,
     #[serde(default = "default_debounce")]
     pub debounce: Dur,
@@ -174,6 +175,24 @@ pub struct Button {
     /// Held longer than this is a "stuck button" (NO) or "wiring" (NC) fault.
     #[serde(default = "default_stuck_after")]
     pub stuck_after: Dur,
+}
+
+impl Button {
+    pub fn line_settings(&self) -> LineSettings {
+        LineSettings {
+            chip: self.chip.clone(),
+            line: self.line.clone(),
+            active_low: self.active_low,
+            bias: self.bias,
+            wiring: self.wiring,
+            debounce: self.debounce.0,
+        }
+    }
+
+    /// A simulated button has no GPIO line; presses come only through the control socket.
+    pub fn is_simulated(&self) -> bool {
+        self.chip == "sim"
+    }
 }
 
 fn default_budget() -> Budget {
@@ -200,14 +219,8 @@ fn default_max_backoff() -> Dur {
 fn default_retention_days() -> u32 {
     31
 }
-fn default_bias() -> Bias {
-    Bias::PullUp
-}
-fn default_wiring() -> Wiring {
-    Wiring::NormallyOpen
-}
 fn default_debounce() -> Dur {
-    Dur::millis(30)
+    Dur::millis(20)
 }
 fn default_pre_roll() -> Dur {
     Dur::secs(30)
@@ -216,7 +229,7 @@ fn default_post_roll() -> Dur {
     Dur::secs(60)
 }
 fn default_stuck_after() -> Dur {
-    Dur::secs(30)
+    Dur::secs(60)
 }
 fn yes() -> bool {
     true
@@ -510,6 +523,10 @@ impl Config {
         }
     }
 
+    pub fn button(&self, name: &str) -> Option<&Button> {
+        self.buttons.iter().find(|b| b.name == name)
+    }
+
     pub fn camera(&self, id: &str) -> Option<&Camera> {
         self.cameras.iter().find(|c| c.id == id)
     }
@@ -672,6 +689,7 @@ url = "rtsp://10.0.0.6:8554/main"
 name = "till"
 chip = "gpiochip0"
 line = 17
+wiring = "normally-open"
 cameras = ["cam1", "cam2"]
 "#;
 

@@ -4,6 +4,7 @@
 //! database or lays out files itself. See docs/persistence.md for the schema, time
 //! representation and crash-safety rules.
 
+pub mod recording;
 mod schema;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};

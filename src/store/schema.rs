@@ -7,6 +7,53 @@ use rusqlite::Connection;
 const MIGRATIONS: &[&str] = &[
     // 1: foundation
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
+    // 2: the recording ring. Times are UTC nanoseconds since the Unix epoch.
+    "CREATE TABLE segment (
+        id INTEGER PRIMARY KEY,
+        camera TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,      -- relative to the data directory
+        start_ns INTEGER NOT NULL,      -- first frame
+        end_ns INTEGER NOT NULL,        -- last synced frame + one frame interval
+        bytes INTEGER NOT NULL,         -- synced bytes; the file may hold a little more
+        frames INTEGER NOT NULL,
+        codec TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        params BLOB,                    -- SPS/PPS(/VPS), Annex B
+        time_source TEXT NOT NULL,      -- 'arrival' | 'ntp'
+        state INTEGER NOT NULL          -- 0 open, 1 closed, 2 recovered after a crash
+     ) STRICT;
+     CREATE INDEX segment_by_camera ON segment(camera, start_ns);
+     CREATE TABLE keyframe (
+        segment INTEGER NOT NULL REFERENCES segment(id) ON DELETE CASCADE,
+        utc_ns INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        PRIMARY KEY (segment, offset)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE gap (
+        id INTEGER PRIMARY KEY,
+        camera TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER,                 -- NULL while the gap is still open
+        reason TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX gap_by_camera ON gap(camera, start_ns);
+     CREATE TABLE retention_lock (
+        id INTEGER PRIMARY KEY,
+        camera TEXT NOT NULL,
+        from_ns INTEGER NOT NULL,
+        to_ns INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX retention_lock_by_camera ON retention_lock(camera, from_ns);
+     CREATE TABLE health_event (
+        id INTEGER PRIMARY KEY,
+        at_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        camera TEXT,
+        detail TEXT NOT NULL
+     ) STRICT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
