@@ -2,11 +2,13 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
 pub mod button;
+pub mod camera;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod exit;
 pub mod logging;
+pub mod recording;
 pub mod store;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -37,6 +37,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Per-camera state, stream format, bitrate, retention and recent gaps.
+    Cameras {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -80,6 +85,11 @@ pub fn dispatch(args: Args) -> Result<u8> {
         Cmd::Status { json } => {
             let v = args.client().call("GET", "/v1/status", None)?;
             print(*json, &v, output::status);
+            Ok(exit::OK)
+        }
+        Cmd::Cameras { json } => {
+            let v = args.client().call("GET", "/v1/cameras", None)?;
+            print(*json, &v, output::cameras);
             Ok(exit::OK)
         }
         Cmd::Config(ConfigCmd::Validate { paths }) => Ok(validate(paths)),

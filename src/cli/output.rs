@@ -76,3 +76,64 @@ pub fn status(v: &Value) -> String {
     }
     o
 }
+
+pub fn cameras(v: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<10} {:<11} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>9}  last error",
+        "CAMERA", "STATE", "CODEC", "SIZE", "FPS", "KBIT/S", "LAST", "RECON", "RETAINED"
+    );
+    for c in v["cameras"].as_array().into_iter().flatten() {
+        let size = match (c["width"].as_u64(), c["height"].as_u64()) {
+            (Some(w), Some(h)) if w > 0 => format!("{w}x{h}"),
+            _ => "-".into(),
+        };
+        let age = c["last_frame_age_s"]
+            .as_f64()
+            .map(|a| format!("{a:.1}s"))
+            .unwrap_or("-".into());
+        let kept = c["retention_days"]
+            .as_f64()
+            .map(|d| format!("{d:.2}d"))
+            .unwrap_or("-".into());
+        let _ = writeln!(
+            o,
+            "{:<10} {:<11} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>9}  {}",
+            s(&c["id"]),
+            s(&c["state"]),
+            s(&c["codec"]),
+            size,
+            s(&c["fps"]),
+            s(&c["bitrate_kbps"]),
+            age,
+            s(&c["reconnects"]),
+            kept,
+            c["last_error"].as_str().unwrap_or("")
+        );
+        for g in c["recent_gaps"].as_array().into_iter().flatten() {
+            let end = g["end"]
+                .as_str()
+                .map(local_time)
+                .unwrap_or_else(|| "now".into());
+            let _ = writeln!(
+                o,
+                "    gap {} .. {}  {}",
+                local_time(g["start"].as_str().unwrap_or("")),
+                end,
+                s(&g["reason"])
+            );
+        }
+    }
+    let r = &v["ring"];
+    let gib = |x: &Value| x.as_f64().unwrap_or(0.0) / (1u64 << 30) as f64;
+    let _ = writeln!(
+        o,
+        "ring: {:.2} GiB used of {:.2} GiB budget ({:.2} GiB locked), {:.2} GiB free on disk",
+        gib(&r["used_bytes"]),
+        gib(&r["budget_bytes"]),
+        gib(&r["locked_bytes"]),
+        gib(&r["fs_free_bytes"])
+    );
+    o
+}

@@ -16,6 +16,7 @@ impl Service for Api {
             let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
             match (req.method.as_str(), segs.as_slice()) {
                 ("GET", ["v1", "status"]) => self.status(),
+                ("GET", ["v1", "cameras"]) => self.cameras().await,
                 ("GET", ["v1", "config"]) => Response::ok(json!({
                     "path": self.state.config().path,
                     "version": self.state.config().version,
@@ -38,14 +39,42 @@ impl Service for Api {
 }
 
 impl Api {
+    async fn cameras(&self) -> Response {
+        let s = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+            let ring = s.recorder.ring_status();
+            let mut out = Vec::new();
+            for h in s.cameras.health() {
+                let gaps = s.store.recent_gaps(&h.id, 5)?;
+                let r = ring.cameras.iter().find(|c| c.camera == h.id);
+                let mut v = serde_json::to_value(&h)?;
+                v["retention_days"] = json!(r.map(|r| (r.retention_days * 100.0).round() / 100.0));
+                v["projected_days"] = json!(r.and_then(|r| r.projected_days).map(|d| d.round()));
+                v["stored_bytes"] = json!(r.map(|r| r.bytes));
+                v["recent_gaps"] = json!(gaps
+                    .iter()
+                    .map(|g| json!({ "start": utc(g.start_ns), "end": g.end_ns.map(utc), "reason": g.reason }))
+                    .collect::<Vec<_>>());
+                out.push(v);
+            }
+            Ok(json!({ "cameras": out, "ring": ring }))
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => Response::ok(v),
+            Ok(Err(e)) => Response::error(500, format!("{e:#}")),
+            Err(e) => Response::error(500, e.to_string()),
+        }
+    }
+
     fn status(&self) -> Response {
         let s = &self.state;
         let loaded = s.config();
-        let cameras: Vec<_> = loaded
-            .config
+        let cameras: Vec<_> = s
             .cameras
-            .iter()
-            .map(|c| json!({ "id": c.id, "name": c.name, "state": if c.enabled { "configured" } else { "disabled" } }))
+            .health()
+            .into_iter()
+            .map(|c| json!({ "id": c.id, "name": c.name, "state": c.state, "last_error": c.last_error }))
             .collect();
         Response::ok(json!({
             "version": crate::VERSION,
@@ -60,4 +89,8 @@ impl Api {
             "cameras": cameras,
         }))
     }
+}
+
+pub fn utc(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -6,9 +6,11 @@
 
 mod api;
 
+use crate::camera::{self, GstCamera, Supervisor};
 use crate::config::{Config, Loaded};
 use crate::control::{self, Access, BindError, Listener};
 use crate::exit::{self, coded};
+use crate::recording::Recorder;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -25,6 +27,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub struct State {
+    pub recorder: Arc<Recorder>,
+    pub cameras: Supervisor,
     pub started: Instant,
     pub started_utc: DateTime<Utc>,
     pub config: RwLock<Loaded>,
@@ -75,8 +79,23 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         allowed_uids: cfg.control.allowed_uids.clone(),
     };
 
+    camera::init_gstreamer().map_err(|e| coded(exit::SOFTWARE, format!("{e:#}")))?;
+    let rec_store = store.clone();
+    let rec_cfg = cfg.clone();
+    let recorder =
+        Arc::new(tokio::task::spawn_blocking(move || Recorder::start(rec_store, &rec_cfg)).await??);
+    let r = recorder.clone();
+    let on_write_error: Arc<dyn Fn() + Send + Sync> = Arc::new(move || r.evict_soon());
+    let cameras = Supervisor::start(
+        recorder.clone(),
+        &cfg,
+        Box::new(move |cam, writer| Box::new(GstCamera::new(cam, writer, on_write_error.clone()))),
+    );
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let state = Arc::new(State {
+        recorder,
+        cameras,
         started: Instant::now(),
         started_utc: Utc::now(),
         config: RwLock::new(loaded),
@@ -101,9 +120,16 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     tracing::info!("shutting down");
     let _ = state.shutdown.send(true);
+    let st = state.clone();
     let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
         let _ = control_task.await;
         let _ = watchdog_task.await;
+        // Cameras first, so the recorder's final sync sees every last frame.
+        let _ = tokio::task::spawn_blocking(move || {
+            st.cameras.shutdown();
+            st.recorder.shutdown();
+        })
+        .await;
     })
     .await;
     if drained.is_err() {
@@ -181,6 +207,8 @@ async fn reload_inner(state: &Arc<State>, path: &Path) -> Result<ReloadOutcome> 
         previous: old.version.clone(),
     };
     state.store.meta_set("config_version", &new.version)?;
+    state.recorder.reconfigure(&new.config);
+    state.cameras.apply(&new.config);
     *state.config.write().unwrap_or_else(|p| p.into_inner()) = new;
     tracing::info!(from = %outcome.previous, to = %outcome.version, "config reloaded");
     Ok(outcome)
@@ -217,6 +245,10 @@ async fn watchdog(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
 }
 
 async fn health_check(state: &Arc<State>) -> Result<()> {
+    anyhow::ensure!(
+        state.cameras.is_alive(),
+        "camera supervisor thread has stopped"
+    );
     let store = state.store.clone();
     let q = tokio::task::spawn_blocking(move || store.meta_get("config_version"));
     tokio::time::timeout(Duration::from_secs(5), q)

@@ -29,11 +29,20 @@ pub struct SegmentProgress {
 
 #[derive(Debug, Clone)]
 pub enum GapChange {
-    Open { camera: String, start_ns: i64, reason: String },
+    Open {
+        camera: String,
+        start_ns: i64,
+        reason: String,
+    },
     /// Closes the camera's open gap, if any, at `end_ns`.
     Close { camera: String, end_ns: i64 },
     /// A gap already over (found at restart).
-    Closed { camera: String, start_ns: i64, end_ns: i64, reason: String },
+    Closed {
+        camera: String,
+        start_ns: i64,
+        end_ns: i64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,7 +77,8 @@ pub struct CameraUsage {
     pub newest_ns: Option<i64>,
 }
 
-const SEGMENT_COLS: &str = "id, camera, path, start_ns, end_ns, bytes, frames, codec, width, height, state";
+const SEGMENT_COLS: &str =
+    "id, camera, path, start_ns, end_ns, bytes, frames, codec, width, height, state";
 
 fn segment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
     Ok(SegmentRow {
@@ -125,7 +135,11 @@ impl Store {
                 }
                 for g in gaps {
                     match g {
-                        GapChange::Open { camera, start_ns, reason } => {
+                        GapChange::Open {
+                            camera,
+                            start_ns,
+                            reason,
+                        } => {
                             tx.execute(
                                 "INSERT INTO gap(camera, start_ns, end_ns, reason) VALUES (?1, ?2, NULL, ?3)",
                                 params![camera, start_ns, reason],
@@ -137,7 +151,12 @@ impl Store {
                                 params![camera, end_ns],
                             )?;
                         }
-                        GapChange::Closed { camera, start_ns, end_ns, reason } => {
+                        GapChange::Closed {
+                            camera,
+                            start_ns,
+                            end_ns,
+                            reason,
+                        } => {
                             tx.execute(
                                 "INSERT INTO gap(camera, start_ns, end_ns, reason) VALUES (?1, ?2, ?3, ?4)",
                                 params![camera, start_ns, end_ns, reason],
@@ -152,19 +171,28 @@ impl Store {
     }
 
     /// Segments of a camera overlapping [from, to), oldest first.
-    pub fn segments_between(&self, camera: &str, from_ns: i64, to_ns: i64) -> Result<Vec<SegmentRow>> {
+    pub fn segments_between(
+        &self,
+        camera: &str,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<SegmentRow>> {
         let c = self.conn();
         let sql = format!(
             "SELECT {SEGMENT_COLS} FROM segment WHERE camera = ?1 AND end_ns > ?2 AND start_ns < ?3 ORDER BY start_ns"
         );
         let mut st = self.sq(c.prepare_cached(&sql))?;
-        let rows = st.query_map(params![camera, from_ns, to_ns], segment_row).and_then(|m| m.collect());
+        let rows = st
+            .query_map(params![camera, from_ns, to_ns], segment_row)
+            .and_then(|m| m.collect());
         self.sq(rows)
     }
 
     pub fn all_segments(&self) -> Result<Vec<SegmentRow>> {
         let c = self.conn();
-        let mut st = self.sq(c.prepare(&format!("SELECT {SEGMENT_COLS} FROM segment ORDER BY camera, start_ns")))?;
+        let mut st = self.sq(c.prepare(&format!(
+            "SELECT {SEGMENT_COLS} FROM segment ORDER BY camera, start_ns"
+        )))?;
         let rows = st.query_map([], segment_row).and_then(|m| m.collect());
         self.sq(rows)
     }
@@ -172,14 +200,22 @@ impl Store {
     /// Keyframes of one segment: (utc_ns, byte offset), in file order.
     pub fn keyframes(&self, segment: i64) -> Result<Vec<(i64, u64)>> {
         let c = self.conn();
-        let mut st = self.sq(c.prepare_cached("SELECT utc_ns, offset FROM keyframe WHERE segment = ?1 ORDER BY offset"))?;
-        let rows = st.query_map([segment], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))).and_then(|m| m.collect());
+        let mut st = self.sq(c.prepare_cached(
+            "SELECT utc_ns, offset FROM keyframe WHERE segment = ?1 ORDER BY offset",
+        ))?;
+        let rows = st
+            .query_map([segment], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .and_then(|m| m.collect());
         self.sq(rows)
     }
 
     pub fn last_segment_end(&self, camera: &str) -> Result<Option<i64>> {
         let c = self.conn();
-        self.sq(c.query_row("SELECT max(end_ns) FROM segment WHERE camera = ?1", [camera], |r| r.get(0)))
+        self.sq(c.query_row(
+            "SELECT max(end_ns) FROM segment WHERE camera = ?1",
+            [camera],
+            |r| r.get(0),
+        ))
     }
 
     pub fn usage_by_camera(&self) -> Result<Vec<CameraUsage>> {
@@ -211,7 +247,9 @@ impl Store {
              ORDER BY start_ns LIMIT ?2"
         );
         let mut st = self.sq(c.prepare_cached(&sql))?;
-        let rows = st.query_map(params![camera, limit as i64], segment_row).and_then(|m| m.collect());
+        let rows = st
+            .query_map(params![camera, limit as i64], segment_row)
+            .and_then(|m| m.collect());
         self.sq(rows)
     }
 
@@ -231,10 +269,18 @@ impl Store {
     /// afterwards; a crash in between leaves an orphan file that start-up re-indexes.
     pub fn delete_segment(&self, id: i64) -> Result<()> {
         let c = self.conn();
-        self.sq(c.execute("DELETE FROM segment WHERE id = ?1", [id])).map(|_| ())
+        self.sq(c.execute("DELETE FROM segment WHERE id = ?1", [id]))
+            .map(|_| ())
     }
 
-    pub fn add_retention_lock(&self, camera: &str, from_ns: i64, to_ns: i64, reason: &str, now_ns: i64) -> Result<i64> {
+    pub fn add_retention_lock(
+        &self,
+        camera: &str,
+        from_ns: i64,
+        to_ns: i64,
+        reason: &str,
+        now_ns: i64,
+    ) -> Result<i64> {
         let c = self.conn();
         self.sq(c.execute(
             "INSERT INTO retention_lock(camera, from_ns, to_ns, reason, created_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -245,7 +291,8 @@ impl Store {
 
     pub fn remove_retention_lock(&self, id: i64) -> Result<()> {
         let c = self.conn();
-        self.sq(c.execute("DELETE FROM retention_lock WHERE id = ?1", [id])).map(|_| ())
+        self.sq(c.execute("DELETE FROM retention_lock WHERE id = ?1", [id]))
+            .map(|_| ())
     }
 
     pub fn recent_gaps(&self, camera: &str, limit: usize) -> Result<Vec<GapRow>> {
@@ -255,7 +302,12 @@ impl Store {
         ))?;
         let rows = st
             .query_map(params![camera, limit as i64], |r| {
-                Ok(GapRow { camera: r.get(0)?, start_ns: r.get(1)?, end_ns: r.get(2)?, reason: r.get(3)? })
+                Ok(GapRow {
+                    camera: r.get(0)?,
+                    start_ns: r.get(1)?,
+                    end_ns: r.get(2)?,
+                    reason: r.get(3)?,
+                })
             })
             .and_then(|m| m.collect());
         self.sq(rows)
@@ -270,17 +322,36 @@ impl Store {
         ))?;
         let rows = st
             .query_map(params![camera, from_ns, to_ns], |r| {
-                Ok(GapRow { camera: r.get(0)?, start_ns: r.get(1)?, end_ns: r.get(2)?, reason: r.get(3)? })
+                Ok(GapRow {
+                    camera: r.get(0)?,
+                    start_ns: r.get(1)?,
+                    end_ns: r.get(2)?,
+                    reason: r.get(3)?,
+                })
             })
             .and_then(|m| m.collect());
         self.sq(rows)
     }
 
-    pub fn close_open_gaps(&self, camera: &str, end_ns: i64) -> Result<()> {
-        self.commit_sync(&[], &[GapChange::Close { camera: camera.to_string(), end_ns }])
+    /// After a crash, open gaps end where the camera's recording ended; the writer then
+    /// records the downtime as a gap of its own.
+    pub fn close_gaps_left_open(&self) -> Result<()> {
+        let c = self.conn();
+        self.sq(c.execute(
+            "UPDATE gap SET end_ns = max(start_ns, coalesce((SELECT max(end_ns) FROM segment s WHERE s.camera = gap.camera), start_ns))
+             WHERE end_ns IS NULL",
+            [],
+        ))
+        .map(|_| ())
     }
 
-    pub fn health_event(&self, at_ns: i64, kind: &str, camera: Option<&str>, detail: &str) -> Result<i64> {
+    pub fn health_event(
+        &self,
+        at_ns: i64,
+        kind: &str,
+        camera: Option<&str>,
+        detail: &str,
+    ) -> Result<i64> {
         let c = self.conn();
         self.sq(c.execute(
             "INSERT INTO health_event(at_ns, kind, camera, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -297,7 +368,14 @@ impl Store {
 
     /// Marks segments left open by a crash as recovered, fixing their extent to what a
     /// scan of the file found (the file may hold up to one sync interval more).
-    pub fn recover_segment(&self, id: i64, end_ns: i64, bytes: u64, frames: u64, keyframes: &[(i64, u64)]) -> Result<()> {
+    pub fn recover_segment(
+        &self,
+        id: i64,
+        end_ns: i64,
+        bytes: u64,
+        frames: u64,
+        keyframes: &[(i64, u64)],
+    ) -> Result<()> {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
@@ -306,7 +384,10 @@ impl Store {
                 params![id, end_ns, bytes as i64, frames as i64, STATE_RECOVERED],
             )?;
             for (utc, off) in keyframes {
-                tx.execute("INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset) VALUES (?1, ?2, ?3)", params![id, utc, *off as i64])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset) VALUES (?1, ?2, ?3)",
+                    params![id, utc, *off as i64],
+                )?;
             }
             tx.commit()
         })();

@@ -1,0 +1,377 @@
+//! The GStreamer side of one camera: `rtspsrc ! depay ! parse ! appsink`, never decoding.
+//! Access units go straight from the appsink callback into the camera's segment writer.
+
+use super::timeline::Timeline;
+use super::{CameraSource, SourceEvent};
+use crate::config::{Camera, Transport, mask_url};
+use crate::recording::ts::VideoCodec;
+use crate::recording::{Frame, SharedWriter, StreamFormat, lock};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counters the streaming thread updates and the supervisor reads without locking.
+#[derive(Default)]
+pub struct Live {
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Monotonic ns (see `mono_ns`) of the last frame; 0 = none yet.
+    pub last_frame_mono: AtomicU64,
+    pub last_frame_utc: AtomicI64,
+    pub clock_steps: AtomicU64,
+    pub format: Mutex<Option<StreamFormat>>,
+    /// Set by the streaming thread when it can't go on (unsupported codec, disk).
+    pub fatal: Mutex<Option<String>>,
+}
+
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn realtime_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Where the camera's frames go besides the recording (detection, later).
+pub type FrameTap = Arc<dyn Fn(&str, &Frame<'_>) + Send + Sync>;
+
+pub struct GstCamera {
+    id: String,
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    transport: Transport,
+    writer: SharedWriter,
+    on_write_error: Arc<dyn Fn() + Send + Sync>,
+    pipeline: Option<gst::Pipeline>,
+    live: Arc<Live>,
+}
+
+impl GstCamera {
+    pub fn new(
+        cam: &Camera,
+        writer: SharedWriter,
+        on_write_error: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        GstCamera {
+            id: cam.id.clone(),
+            url: cam.url.clone(),
+            username: cam.username.clone(),
+            password: cam.password.as_ref().map(|p| p.expose().to_string()),
+            transport: cam.transport,
+            writer,
+            on_write_error,
+            pipeline: None,
+            live: Arc::new(Live::default()),
+        }
+    }
+
+    fn build(&self) -> Result<gst::Pipeline, String> {
+        let p = gst::Pipeline::with_name(&format!("cam-{}", self.id));
+        let src = gst::ElementFactory::make("rtspsrc")
+            .property("location", &self.url)
+            .property("latency", 200u32)
+            // Fail a dead host in 5 s instead of 20, so reconnects keep their pace.
+            .property("tcp-timeout", 5_000_000u64)
+            .property("teardown-timeout", gst::ClockTime::from_mseconds(200))
+            .property("do-rtcp", true)
+            .build()
+            .map_err(|e| {
+                format!("rtspsrc unavailable (gstreamer1.0-plugins-good missing?): {e}")
+            })?;
+        src.set_property_from_str(
+            "protocols",
+            if self.transport == Transport::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            },
+        );
+        if let Some(u) = &self.username {
+            src.set_property("user-id", u);
+        }
+        if let Some(pw) = &self.password {
+            src.set_property("user-pw", pw);
+        }
+        p.add(&src).map_err(|e| e.to_string())?;
+
+        let ctx = Arc::new(Ctx {
+            camera: self.id.clone(),
+            writer: self.writer.clone(),
+            live: self.live.clone(),
+            on_write_error: self.on_write_error.clone(),
+            timeline: Mutex::new(Timeline::new(500_000_000)),
+            last_caps: Mutex::new(None),
+        });
+        let pw = p.downgrade();
+        src.connect_pad_added(move |_src, pad| {
+            let Some(pipeline) = pw.upgrade() else { return };
+            if let Err(e) = link_stream(&pipeline, pad, ctx.clone()) {
+                tracing::error!(camera = %ctx.camera, "{e}");
+                *lock(&ctx.live.fatal) = Some(e);
+            }
+        });
+        Ok(p)
+    }
+}
+
+struct Ctx {
+    camera: String,
+    writer: SharedWriter,
+    live: Arc<Live>,
+    on_write_error: Arc<dyn Fn() + Send + Sync>,
+    timeline: Mutex<Timeline>,
+    last_caps: Mutex<Option<gst::Caps>>,
+}
+
+fn link_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, ctx: Arc<Ctx>) -> Result<(), String> {
+    let caps = pad.current_caps().ok_or("stream pad without caps")?;
+    let s = caps.structure(0).ok_or("empty caps")?;
+    let media = s.get::<&str>("media").unwrap_or("");
+    let enc = s
+        .get::<&str>("encoding-name")
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    let make = |f: &str| {
+        gst::ElementFactory::make(f)
+            .build()
+            .map_err(|e| format!("{f}: {e}"))
+    };
+    if media != "video" {
+        // Audio and metadata tracks are not recorded; sink them so the source doesn't stall.
+        let sink = make("fakesink")?;
+        sink.set_property("async", false);
+        pipeline.add(&sink).map_err(|e| e.to_string())?;
+        sink.sync_state_with_parent().map_err(|e| e.to_string())?;
+        return pad
+            .link(&sink.static_pad("sink").unwrap())
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"));
+    }
+    let (depay, parse, caps_name) = match enc.as_str() {
+        "H264" => ("rtph264depay", "h264parse", "video/x-h264"),
+        "H265" => ("rtph265depay", "h265parse", "video/x-h265"),
+        other => {
+            return Err(format!(
+                "camera sends {} video ({other}); only H.264 and H.265 can be recorded without transcoding — set the camera's encoder to H.264 or H.265",
+                if other.is_empty() { "unknown" } else { other }
+            ));
+        }
+    };
+    let depay = make(depay)?;
+    let parse = gst::ElementFactory::make(parse)
+        .property("config-interval", -1i32)
+        .build()
+        .map_err(|e| format!("{parse}: {e} (gstreamer1.0-plugins-bad missing?)"))?;
+    let sink = gst_app::AppSink::builder()
+        .caps(
+            &gst::Caps::builder(caps_name)
+                .field("stream-format", "byte-stream")
+                .field("alignment", "au")
+                .build(),
+        )
+        .sync(false)
+        .max_buffers(200)
+        .build();
+    let elems = [&depay, &parse, sink.upcast_ref()];
+    pipeline.add_many(elems).map_err(|e| e.to_string())?;
+    gst::Element::link_many(elems).map_err(|e| e.to_string())?;
+    let c = ctx.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                on_sample(sink, &c)
+                    .map(|_| gst::FlowSuccess::Ok)
+                    .map_err(|_| gst::FlowError::Error)
+            })
+            .build(),
+    );
+    for e in elems {
+        e.sync_state_with_parent().map_err(|e| e.to_string())?;
+    }
+    pad.link(&depay.static_pad("sink").unwrap())
+        .map(|_| ())
+        .map_err(|e| format!("linking camera stream: {e:?}"))
+}
+
+fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
+    let sample = sink.pull_sample().map_err(|_| ())?;
+    let buffer = sample.buffer().ok_or(())?;
+    let caps = sample.caps();
+    {
+        let mut last = lock(&ctx.last_caps);
+        // Pointer comparison: the caps object only changes when the format does.
+        if let Some(caps) = caps
+            && last.as_ref().map(|c| c.as_ptr()) != Some(caps.as_ptr())
+        {
+            if let Some(f) = stream_format(caps) {
+                let mut known = lock(&ctx.live.format);
+                if *known != Some(f) {
+                    tracing::info!(camera = %ctx.camera, codec = ?f.codec, width = f.width, height = f.height, "stream format");
+                    lock(&ctx.writer).set_format(f);
+                    *known = Some(f);
+                }
+            }
+            *last = Some(caps.to_owned());
+        }
+    }
+    let segment = sample
+        .segment()
+        .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+    let rt = |t: Option<gst::ClockTime>| -> Option<i64> {
+        let t = t?;
+        let r = segment
+            .as_ref()
+            .map(|s| s.to_running_time(t))
+            .unwrap_or(Some(t))?;
+        Some(r.nseconds() as i64)
+    };
+    let Some(pts) = rt(buffer.pts()).or_else(|| rt(buffer.dts())) else {
+        return Ok(());
+    };
+    let dts = rt(buffer.dts());
+    // Arrival-based UTC of this frame: now, minus how long ago its timestamp was.
+    let clock_now = sink.clock().map(|c| c.time().nseconds() as i64);
+    let base = sink.base_time().map(|t| t.nseconds() as i64);
+    let now = realtime_ns();
+    let est = match (clock_now, base) {
+        (Some(c), Some(b)) => now - (c - (b + dts.unwrap_or(pts))).max(0),
+        _ => now,
+    };
+    let mapped = lock(&ctx.timeline).map(pts, dts, est);
+    if let Some(step) = mapped.step_ns {
+        ctx.live.clock_steps.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(camera = %ctx.camera, step_ms = step / 1_000_000, "clock step: camera media time and box time drifted apart; re-anchored");
+    }
+    let map = buffer.map_readable().map_err(|_| ())?;
+    let frame = Frame {
+        data: map.as_slice(),
+        pts_utc_ns: mapped.pts_utc,
+        dts_utc_ns: mapped.dts_utc.filter(|d| *d != mapped.pts_utc),
+        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+    };
+    let r = lock(&ctx.writer).write(&frame);
+    if let Err(e) = r {
+        tracing::error!(camera = %ctx.camera, error = %e, "writing recording failed; evicting and continuing with a new segment");
+        (ctx.on_write_error)();
+    }
+    ctx.live.frames.fetch_add(1, Ordering::Relaxed);
+    ctx.live
+        .bytes
+        .fetch_add(map.len() as u64, Ordering::Relaxed);
+    ctx.live.last_frame_mono.store(mono_ns(), Ordering::Relaxed);
+    ctx.live
+        .last_frame_utc
+        .store(mapped.pts_utc, Ordering::Relaxed);
+    Ok(())
+}
+
+fn stream_format(caps: &gst::CapsRef) -> Option<StreamFormat> {
+    let s = caps.structure(0)?;
+    let codec = match s.name().as_str() {
+        "video/x-h264" => VideoCodec::H264,
+        "video/x-h265" => VideoCodec::H265,
+        _ => return None,
+    };
+    Some(StreamFormat {
+        codec,
+        width: s.get::<i32>("width").unwrap_or(0).max(0) as u32,
+        height: s.get::<i32>("height").unwrap_or(0).max(0) as u32,
+    })
+}
+
+impl CameraSource for GstCamera {
+    fn start(&mut self) -> Result<(), String> {
+        self.stop();
+        self.live = Arc::new(Live::default());
+        let p = self.build()?;
+        p.set_state(gst::State::Playing)
+            .map_err(|_| format!("{}: pipeline refused to start", mask_url(&self.url)))?;
+        self.pipeline = Some(p);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(p) = self.pipeline.take() {
+            let _ = p.set_state(gst::State::Null);
+        }
+    }
+
+    fn poll(&mut self) -> Vec<SourceEvent> {
+        let mut out = Vec::new();
+        if let Some(msg) = lock(&self.live.fatal).take() {
+            out.push(SourceEvent::Failed(msg));
+        }
+        let Some(p) = &self.pipeline else { return out };
+        let Some(bus) = p.bus() else { return out };
+        while let Some(m) = bus.pop() {
+            use gst::MessageView;
+            match m.view() {
+                MessageView::Error(e) => {
+                    let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                    out.push(SourceEvent::Failed(describe_error(
+                        &e.error().to_string(),
+                        &debug,
+                    )));
+                }
+                // rtspsrc reports a server that went away as EOS, not as an error.
+                MessageView::Eos(_) => out.push(SourceEvent::Failed(
+                    "stream ended: camera closed the connection".into(),
+                )),
+                MessageView::Warning(w) => {
+                    tracing::debug!(camera = %self.id, warning = %w.error(), "pipeline warning");
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+}
+
+impl Drop for GstCamera {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Turns GStreamer's error text into something a technician can act on.
+fn describe_error(msg: &str, debug: &str) -> String {
+    let d = debug.to_ascii_lowercase();
+    let hint = if d.contains("401") || d.contains("unauthorized") {
+        "authentication failed: check username/password"
+    } else if d.contains("404") || d.contains("not found") {
+        "stream path not found on the camera: check the URL path"
+    } else if d.contains("connection refused") || d.contains("could not connect") {
+        "connection refused: camera down or wrong port"
+    } else if d.contains("timeout")
+        || d.contains("timed out")
+        || d.contains("no route")
+        || d.contains("unreachable")
+    {
+        "camera unreachable: check power, cabling and IP address"
+    } else {
+        ""
+    };
+    let first_debug = debug.lines().last().unwrap_or("").trim();
+    match (hint.is_empty(), first_debug.is_empty()) {
+        (false, _) => format!("{hint} ({msg})"),
+        (true, false) => format!("{msg}: {first_debug}"),
+        (true, true) => msg.to_string(),
+    }
+}

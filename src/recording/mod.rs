@@ -1,0 +1,205 @@
+//! Continuous recording into the ring buffer.
+//!
+//! Camera pipelines push access units into one `SegmentWriter` per camera. A single
+//! syncer thread makes them durable every `sync_interval`: fsync the files, then commit
+//! the index rows for all cameras in one transaction (data before index, one WAL sync
+//! per round). The same thread enforces the disk budget (`ring`). See
+//! docs/recording.md for the time model and the crash-safety argument.
+
+pub mod reconcile;
+pub mod ring;
+pub mod scan;
+pub mod ts;
+pub mod writer;
+
+use crate::config::Config;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+pub use writer::{Frame, SegmentWriter, StreamFormat};
+
+pub type SharedWriter = Arc<Mutex<SegmentWriter>>;
+
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+struct Shared {
+    store: Store,
+    writers: Mutex<HashMap<String, SharedWriter>>,
+    policy: Mutex<ring::Policy>,
+    sync_interval: Mutex<Duration>,
+    stop: AtomicBool,
+    /// Set by a writer that hit a write error (disk full): evict now, not at the next round.
+    evict_now: AtomicBool,
+    status: Mutex<ring::RingStatus>,
+}
+
+pub struct Recorder {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Recorder {
+    /// Reconciles the data directory with the index, then starts the syncer thread.
+    pub fn start(store: Store, config: &Config) -> anyhow::Result<Recorder> {
+        let report = reconcile::run(&store)?;
+        if !report.is_clean() {
+            tracing::warn!(
+                ?report,
+                "reconciled recordings with the index after an unclean stop"
+            );
+        }
+        let shared = Arc::new(Shared {
+            store,
+            writers: Mutex::new(HashMap::new()),
+            policy: Mutex::new(ring::Policy::from_config(config)),
+            sync_interval: Mutex::new(config.storage.sync_interval.0),
+            stop: AtomicBool::new(false),
+            evict_now: AtomicBool::new(true),
+            status: Mutex::new(ring::RingStatus::default()),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sg-syncer".into())
+            .spawn(move || syncer(s))?;
+        Ok(Recorder {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The writer for a camera, created on first use.
+    pub fn writer(&self, camera: &str, segment_len: Duration) -> anyhow::Result<SharedWriter> {
+        let mut w = lock(&self.shared.writers);
+        if let Some(x) = w.get(camera) {
+            lock(x).set_segment_len(segment_len.as_nanos() as i64);
+            return Ok(x.clone());
+        }
+        let last = self.shared.store.last_segment_end(camera)?;
+        let dir = self.shared.store.data_dir().to_path_buf();
+        let x = Arc::new(Mutex::new(SegmentWriter::new(
+            camera,
+            &dir,
+            segment_len.as_nanos() as i64,
+            last,
+        )));
+        w.insert(camera.to_string(), x.clone());
+        Ok(x)
+    }
+
+    /// Stops recording a camera: its open segment is closed and made durable.
+    pub fn remove(&self, camera: &str) {
+        if let Some(w) = lock(&self.shared.writers).remove(camera) {
+            lock(&w).finish_all();
+            sync_round(&self.shared, &[w]);
+        }
+    }
+
+    pub fn reconfigure(&self, config: &Config) {
+        *lock(&self.shared.policy) = ring::Policy::from_config(config);
+        *lock(&self.shared.sync_interval) = config.storage.sync_interval.0;
+        self.shared.evict_now.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks for an eviction pass at once (after a write error such as a full disk).
+    pub fn evict_soon(&self) {
+        self.shared.evict_now.store(true, Ordering::Relaxed);
+    }
+
+    pub fn ring_status(&self) -> ring::RingStatus {
+        lock(&self.shared.status).clone()
+    }
+
+    /// Closes every segment, makes it durable and stops the syncer.
+    pub fn shutdown(&self) {
+        let writers: Vec<SharedWriter> = lock(&self.shared.writers).values().cloned().collect();
+        for w in &writers {
+            lock(w).finish_all();
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        sync_round(&self.shared, &writers);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn syncer(shared: Arc<Shared>) {
+    let mut last_evict = Instant::now() - Duration::from_secs(3600);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let interval = *lock(&shared.sync_interval);
+        let started = Instant::now();
+        let writers: Vec<SharedWriter> = lock(&shared.writers).values().cloned().collect();
+        sync_round(&shared, &writers);
+        if shared.evict_now.swap(false, Ordering::Relaxed)
+            || last_evict.elapsed() >= Duration::from_secs(5)
+        {
+            let policy = lock(&shared.policy).clone();
+            match ring::enforce(&shared.store, &policy) {
+                Ok(st) => *lock(&shared.status) = st,
+                Err(e) => tracing::error!("ring buffer eviction failed: {e:#}"),
+            }
+            last_evict = Instant::now();
+        }
+        // Sleep in short steps so shutdown isn't held up by a long interval.
+        while started.elapsed() < interval && !shared.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20).min(interval));
+        }
+    }
+}
+
+/// One durability round: flush each writer (briefly holding its lock), fsync the files
+/// without any lock held, then index what was synced.
+fn sync_round(shared: &Shared, writers: &[SharedWriter]) {
+    let mut segments = Vec::new();
+    let mut gaps = Vec::new();
+    for w in writers {
+        let cp = lock(w).checkpoint();
+        gaps.extend(cp.gaps);
+        for (progress, file) in cp.items {
+            match file.sync_data() {
+                Ok(()) => segments.push(progress),
+                Err(e) => {
+                    tracing::error!(camera = %progress.camera, path = %progress.path, error = %e, "fsync failed; not indexing unsynced data");
+                    shared.evict_now.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    if segments.is_empty() && gaps.is_empty() {
+        return;
+    }
+    // A new file's directory entry must survive a power cut too. A file's first
+    // checkpoint is the one carrying its offset-0 keyframe.
+    let mut dirs: Vec<std::path::PathBuf> = segments
+        .iter()
+        .filter(|s| s.new_keyframes.first().is_some_and(|k| k.1 == 0))
+        .filter_map(|s| {
+            shared
+                .store
+                .data_dir()
+                .join(&s.path)
+                .parent()
+                .map(|p| p.to_path_buf())
+        })
+        .collect();
+    dirs.dedup();
+    for d in dirs {
+        let _ = crate::store::sync_dir(&d);
+    }
+    if let Err(e) = shared.store.commit_sync(&segments, &gaps) {
+        tracing::error!("indexing recorded segments failed: {e}");
+    }
+}

@@ -1,0 +1,224 @@
+//! The disk budget: evict the oldest unlocked segments until usage fits.
+//!
+//! Each camera's share of the budget is proportional to its weight. The camera most
+//! over its share loses its oldest segment first, unless that would cut it below its
+//! `min_days`. Segments under a retention lock (evidence) are never evicted here. The
+//! filesystem's own free space is watched too, so a disk shared with other data that
+//! fills up still keeps recording going by eviction.
+
+use super::now_ns;
+use crate::config::{Budget, Config};
+use crate::store::Store;
+use crate::store::recording::CameraUsage;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+const DAY_NS: f64 = 86_400e9;
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub budget: Budget,
+    /// (camera id, weight, min_days)
+    pub cameras: Vec<(String, f64, Option<f64>)>,
+    pub retention_target_days: u32,
+}
+
+impl Policy {
+    pub fn from_config(c: &Config) -> Policy {
+        Policy {
+            budget: c.storage.budget,
+            cameras: c
+                .cameras
+                .iter()
+                .map(|x| (x.id.clone(), x.weight, x.min_days))
+                .collect(),
+            retention_target_days: c.health.retention_target_days,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CameraRing {
+    pub camera: String,
+    pub bytes: u64,
+    pub share_bytes: u64,
+    pub oldest_ns: Option<i64>,
+    /// Days of footage held now.
+    pub retention_days: f64,
+    /// Days the camera's share would hold at its recent bitrate.
+    pub projected_days: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RingStatus {
+    pub budget_bytes: u64,
+    pub used_bytes: u64,
+    pub locked_bytes: u64,
+    pub fs_total_bytes: u64,
+    pub fs_free_bytes: u64,
+    pub evicted_segments: u64,
+    pub evicted_bytes: u64,
+    pub locked_over_budget: bool,
+    pub cameras: Vec<CameraRing>,
+}
+
+/// Free space always left on the filesystem, whatever the budget says.
+fn reserve(fs_total: u64) -> u64 {
+    (fs_total / 100).clamp(16 << 20, 256 << 20)
+}
+
+pub fn fs_space(p: &Path) -> std::io::Result<(u64, u64)> {
+    let c =
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let f = s.f_frsize as u64;
+    Ok((s.f_blocks as u64 * f, s.f_bavail as u64 * f))
+}
+
+pub fn enforce(store: &Store, policy: &Policy) -> anyhow::Result<RingStatus> {
+    let (fs_total, fs_free) = fs_space(store.data_dir())?;
+    let budget = policy.budget.resolve(fs_total);
+    let mut usage: HashMap<String, CameraUsage> = store
+        .usage_by_camera()?
+        .into_iter()
+        .map(|u| (u.camera.clone(), u))
+        .collect();
+    let used: u64 = usage.values().map(|u| u.bytes).sum();
+    let over_budget = used.saturating_sub(budget);
+    let under_reserve = reserve(fs_total).saturating_sub(fs_free);
+    let mut need = over_budget.max(under_reserve);
+
+    let total_weight: f64 = policy
+        .cameras
+        .iter()
+        .map(|c| c.1)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    let share = |cam: &str| -> u64 {
+        policy
+            .cameras
+            .iter()
+            .find(|c| c.0 == cam)
+            .map(|c| (budget as f64 * c.1 / total_weight) as u64)
+            .unwrap_or(0)
+    };
+    let min_days = |cam: &str| {
+        policy
+            .cameras
+            .iter()
+            .find(|c| c.0 == cam)
+            .and_then(|c| c.2)
+            .unwrap_or(0.0)
+    };
+    let now = now_ns();
+
+    let mut status = RingStatus {
+        budget_bytes: budget,
+        fs_total_bytes: fs_total,
+        ..Default::default()
+    };
+    let mut exhausted: Vec<String> = Vec::new();
+    while need > 0 {
+        // Most over its share first; cameras still inside min_days only when nothing else is left.
+        let mut order: Vec<(&String, f64, bool)> = usage
+            .values()
+            .filter(|u| u.bytes > 0 && !exhausted.contains(&u.camera))
+            .map(|u| {
+                let ratio = u.bytes as f64 / share(&u.camera).max(1) as f64;
+                let age_days = u
+                    .oldest_ns
+                    .map(|o| (now - o) as f64 / DAY_NS)
+                    .unwrap_or(0.0);
+                (&u.camera, ratio, age_days <= min_days(&u.camera))
+            })
+            .collect();
+        order.sort_by(|a, b| a.2.cmp(&b.2).then(b.1.total_cmp(&a.1)));
+        let Some(cam) = order.first().map(|o| o.0.clone()) else {
+            break;
+        };
+        let victims = store.evictable(&cam, 16)?;
+        if victims.is_empty() {
+            exhausted.push(cam);
+            continue;
+        }
+        for seg in victims {
+            if need == 0 {
+                break;
+            }
+            store.delete_segment(seg.id)?;
+            let path = store.data_dir().join(&seg.path);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete evicted segment")
+                }
+            }
+            need = need.saturating_sub(seg.bytes);
+            status.evicted_segments += 1;
+            status.evicted_bytes += seg.bytes;
+            if let Some(u) = usage.get_mut(&cam) {
+                u.bytes = u.bytes.saturating_sub(seg.bytes);
+                u.oldest_ns = Some(seg.end_ns);
+            }
+        }
+    }
+    if status.evicted_segments > 0 {
+        tracing::info!(
+            segments = status.evicted_segments,
+            bytes = status.evicted_bytes,
+            "evicted oldest recordings to stay within the disk budget"
+        );
+    }
+    status.locked_bytes = store.locked_bytes()?;
+    status.used_bytes = usage.values().map(|u| u.bytes).sum();
+    if need > 0 {
+        status.locked_over_budget = true;
+        let msg = format!(
+            "cannot free {} more bytes: everything left is locked evidence ({} locked, budget {}); recording continues over budget",
+            need, status.locked_bytes, budget
+        );
+        tracing::error!("{msg}");
+        store.health_event(now, "ring_locked_over_budget", None, &msg)?;
+    }
+    status.fs_free_bytes = fs_space(store.data_dir()).map(|s| s.1).unwrap_or(0);
+    for (cam, _, _) in &policy.cameras {
+        let u = usage.get(cam);
+        let bytes = u.map(|u| u.bytes).unwrap_or(0);
+        let oldest = u.and_then(|u| u.oldest_ns);
+        let newest = u.and_then(|u| u.newest_ns);
+        let span_days = match (oldest, newest) {
+            (Some(o), Some(n)) if n > o => (n - o) as f64 / DAY_NS,
+            _ => 0.0,
+        };
+        // A projection from under an hour of footage would be noise.
+        let projected = (span_days > 1.0 / 24.0 && bytes > 0)
+            .then(|| share(cam) as f64 / (bytes as f64 / span_days));
+        status.cameras.push(CameraRing {
+            camera: cam.clone(),
+            bytes,
+            share_bytes: share(cam),
+            oldest_ns: oldest,
+            retention_days: oldest.map(|o| (now - o) as f64 / DAY_NS).unwrap_or(0.0),
+            projected_days: projected,
+        });
+    }
+    Ok(status)
+}
+
+/// Cameras whose share can't hold the retention target at their bitrate.
+pub fn retention_shortfalls(status: &RingStatus, target_days: u32) -> Vec<(String, f64)> {
+    status
+        .cameras
+        .iter()
+        .filter_map(|c| {
+            c.projected_days
+                .filter(|d| *d < target_days as f64)
+                .map(|d| (c.camera.clone(), d))
+        })
+        .collect()
+}

@@ -1,0 +1,455 @@
+//! One camera's segment writer: access units in, MPEG-TS segment files out.
+//!
+//! Runs on the camera's GStreamer streaming thread, so it only does buffered writes.
+//! Syncing and indexing happen on the syncer thread through `checkpoint`, which hands
+//! over exactly what was written so far; the index never describes unsynced bytes.
+
+use super::ts::{self, TsWriter, VideoCodec};
+use crate::store::recording::{GapChange, STATE_CLOSED, STATE_OPEN, SegmentProgress};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One access unit as it leaves the camera pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    pub data: &'a [u8],
+    /// Wall-clock UTC (ns) of the frame's presentation time.
+    pub pts_utc_ns: i64,
+    /// Wall-clock UTC (ns) of its decode time, when it differs (B-frames).
+    pub dts_utc_ns: Option<i64>,
+    pub keyframe: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFormat {
+    pub codec: VideoCodec,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub fn codec_name(c: VideoCodec) -> &'static str {
+    match c {
+        VideoCodec::H264 => "h264",
+        VideoCodec::H265 => "h265",
+    }
+}
+
+/// A frame this much later than the previous one's end is a gap, even if the camera
+/// never disconnected (a stalled stream that resumed on its own).
+const GAP_THRESHOLD_NS: i64 = 2_000_000_000;
+const DEFAULT_FRAME_NS: i64 = 66_666_667;
+
+struct Open {
+    rel: String,
+    file: BufWriter<File>,
+    start_ns: i64,
+    end_ns: i64,
+    frames: u64,
+    params: Option<Vec<u8>>,
+    format: StreamFormat,
+    new_keyframes: Vec<(i64, u64)>,
+}
+
+/// What the syncer must make durable and index for one camera.
+pub struct Checkpoint {
+    pub items: Vec<(SegmentProgress, File)>,
+    pub gaps: Vec<GapChange>,
+}
+
+pub struct SegmentWriter {
+    camera: String,
+    data_dir: PathBuf,
+    segment_len_ns: i64,
+    ts: Option<TsWriter>,
+    format: Option<StreamFormat>,
+    time_source: &'static str,
+    cur: Option<Open>,
+    closed: Vec<(SegmentProgress, File)>,
+    gaps: Vec<GapChange>,
+    /// End of the last written frame; where the next gap would start.
+    last_end_ns: Option<i64>,
+    last_dts_ns: Option<i64>,
+    frame_ns: i64,
+    /// Reason for the gap that the next frame closes.
+    down_reason: Option<String>,
+    gap_open: bool,
+    pub stats: WriterStats,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct WriterStats {
+    pub frames: u64,
+    pub bytes: u64,
+    pub segments: u64,
+    pub dropped_waiting_keyframe: u64,
+    pub write_errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl SegmentWriter {
+    /// `last_end_ns`: where this camera's recording stopped before (from the index), so
+    /// the time the recorder was not running shows up as a gap.
+    pub fn new(
+        camera: &str,
+        data_dir: &Path,
+        segment_len_ns: i64,
+        last_end_ns: Option<i64>,
+    ) -> Self {
+        SegmentWriter {
+            camera: camera.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            segment_len_ns,
+            ts: None,
+            format: None,
+            time_source: "arrival",
+            cur: None,
+            closed: Vec::new(),
+            gaps: Vec::new(),
+            last_end_ns,
+            last_dts_ns: None,
+            frame_ns: DEFAULT_FRAME_NS,
+            down_reason: last_end_ns.map(|_| "recorder not running".to_string()),
+            gap_open: false,
+            stats: WriterStats::default(),
+        }
+    }
+
+    pub fn camera(&self) -> &str {
+        &self.camera
+    }
+
+    pub fn set_segment_len(&mut self, ns: i64) {
+        self.segment_len_ns = ns;
+    }
+
+    pub fn set_time_source(&mut self, s: &'static str) {
+        self.time_source = s;
+    }
+
+    /// The stream (re)started with this format. A change of codec or size starts a new
+    /// segment at the next keyframe, so every segment has one set of codec parameters.
+    pub fn set_format(&mut self, f: StreamFormat) {
+        if self.format != Some(f) {
+            if self.ts.as_ref().map(|t| t.codec()) != Some(f.codec) {
+                self.ts = Some(TsWriter::new(f.codec));
+            }
+            self.format = Some(f);
+        }
+    }
+
+    /// The camera went away: close the segment now and open a gap that the next frame
+    /// ends. The reason is what `cameras` and the index show for the gap.
+    pub fn mark_down(&mut self, reason: &str, at_ns: i64) {
+        self.close_current();
+        if !self.gap_open {
+            let start = self.last_end_ns.unwrap_or(at_ns).min(at_ns);
+            self.gaps.push(GapChange::Open {
+                camera: self.camera.clone(),
+                start_ns: start,
+                reason: reason.to_string(),
+            });
+            self.gap_open = true;
+        }
+        self.down_reason = Some(reason.to_string());
+        self.last_dts_ns = None;
+    }
+
+    pub fn write(&mut self, f: &Frame<'_>) -> io::Result<()> {
+        let Some(format) = self.format else {
+            return Err(io::Error::other("frame before stream format"));
+        };
+        let dts = f.dts_utc_ns.unwrap_or(f.pts_utc_ns);
+        if self.cur.is_none() && !f.keyframe {
+            self.stats.dropped_waiting_keyframe += 1;
+            return Ok(());
+        }
+        self.note_gap(dts);
+        if let Some(prev) = self.last_dts_ns {
+            let d = dts - prev;
+            if d > 0 && d < 1_000_000_000 {
+                // Smoothed so one late frame doesn't distort segment end times.
+                self.frame_ns = (self.frame_ns * 7 + d) / 8;
+            }
+        }
+        self.last_dts_ns = Some(dts);
+
+        let codec = format.codec;
+        let params = if f.keyframe {
+            ts::parameter_sets(codec, f.data).map(|p| encode_params(&p))
+        } else {
+            None
+        };
+        let rotate = match &self.cur {
+            None => true,
+            Some(c) => {
+                f.keyframe
+                    && (dts - c.start_ns >= self.segment_len_ns
+                        || c.format != format
+                        || (params.is_some() && c.params.is_some() && params != c.params))
+            }
+        };
+        if rotate {
+            self.close_current();
+            self.open(f.pts_utc_ns.min(dts), format, params.clone())?;
+        }
+        let ts_w = self.ts.as_mut().expect("format set");
+        let cur = self.cur.as_mut().expect("segment open");
+        let r = ts_w.write_access_unit(
+            &mut cur.file,
+            f.data,
+            utc_to_90k(f.pts_utc_ns),
+            f.dts_utc_ns.map(utc_to_90k),
+            f.keyframe,
+        );
+        match r {
+            Ok(w) => {
+                if f.keyframe {
+                    cur.new_keyframes.push((f.pts_utc_ns, w.offset));
+                    if cur.params.is_none() {
+                        cur.params = params;
+                    }
+                }
+                cur.frames += 1;
+                cur.end_ns = cur.end_ns.max(dts + self.frame_ns);
+                self.last_end_ns = Some(cur.end_ns);
+                self.stats.frames += 1;
+                self.stats.bytes += w.bytes;
+                Ok(())
+            }
+            Err(e) => {
+                // The file's tail is undefined now: end the segment where the last good
+                // frame ended and record the lost time as a gap, never silently.
+                self.stats.write_errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                let at = self.last_end_ns.unwrap_or(dts);
+                if let Some(c) = self.cur.take() {
+                    self.finish(c);
+                }
+                self.mark_down(&format!("write failed: {e}"), at);
+                Err(e)
+            }
+        }
+    }
+
+    fn note_gap(&mut self, dts: i64) {
+        if self.gap_open {
+            self.gaps.push(GapChange::Close {
+                camera: self.camera.clone(),
+                end_ns: dts,
+            });
+            self.gap_open = false;
+            self.down_reason = None;
+        } else if let Some(end) = self.last_end_ns
+            && dts - end > GAP_THRESHOLD_NS
+        {
+            let reason = self
+                .down_reason
+                .take()
+                .unwrap_or_else(|| "no frames received".into());
+            self.gaps.push(GapChange::Closed {
+                camera: self.camera.clone(),
+                start_ns: end,
+                end_ns: dts,
+                reason,
+            });
+        }
+        self.down_reason = None;
+    }
+
+    fn open(
+        &mut self,
+        start_ns: i64,
+        format: StreamFormat,
+        params: Option<Vec<u8>>,
+    ) -> io::Result<()> {
+        let rel = segment_rel_path(&self.camera, start_ns);
+        let abs = self.data_dir.join(&rel);
+        if let Some(dir) = abs.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().write(true).create_new(true).open(&abs)?;
+        self.ts.as_mut().expect("format set").start_file();
+        self.cur = Some(Open {
+            rel,
+            file: BufWriter::with_capacity(128 * 1024, file),
+            start_ns,
+            end_ns: start_ns,
+            frames: 0,
+            params,
+            format,
+            new_keyframes: Vec::new(),
+        });
+        self.stats.segments += 1;
+        Ok(())
+    }
+
+    fn close_current(&mut self) {
+        if let Some(c) = self.cur.take() {
+            self.finish(c);
+        }
+    }
+
+    fn finish(&mut self, mut c: Open) {
+        let _ = c.file.flush();
+        let bytes = self.bytes_of(&c);
+        let p = progress(
+            &self.camera,
+            &c.rel,
+            &c,
+            bytes,
+            STATE_CLOSED,
+            self.time_source,
+        );
+        match c.file.into_inner() {
+            Ok(file) => {
+                self.closed.push((p, file));
+            }
+            Err(e) => {
+                tracing::error!(camera = %self.camera, path = %c.rel, error = %e.error(), "closing segment failed")
+            }
+        }
+    }
+
+    fn bytes_of(&self, c: &Open) -> u64 {
+        c.file.get_ref().metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Hands everything written since the last checkpoint to the syncer: flushes the
+    /// buffer and returns file handles to fsync plus the rows to commit afterwards.
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        let mut items = std::mem::take(&mut self.closed);
+        if let Some(mut c) = self.cur.take() {
+            let flushed = c.file.flush();
+            match (flushed, c.file.get_ref().try_clone()) {
+                (Ok(()), Ok(f)) => {
+                    let bytes = self.bytes_of(&c);
+                    let mut p = progress(
+                        &self.camera,
+                        &c.rel,
+                        &c,
+                        bytes,
+                        STATE_OPEN,
+                        self.time_source,
+                    );
+                    p.new_keyframes = std::mem::take(&mut c.new_keyframes);
+                    items.push((p, f));
+                    self.cur = Some(c);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(camera = %self.camera, path = %c.rel, error = %e, "flushing segment failed; closing it");
+                    self.stats.write_errors += 1;
+                    self.stats.last_error = Some(e.to_string());
+                    let at = self.last_end_ns.unwrap_or(0);
+                    self.finish(c);
+                    items.append(&mut self.closed);
+                    self.mark_down(&format!("write failed: {e}"), at);
+                }
+            }
+        }
+        Checkpoint {
+            items,
+            gaps: std::mem::take(&mut self.gaps),
+        }
+    }
+
+    /// Closes the open segment (shutdown, camera removed). No gap is opened: the next
+    /// start records the downtime as "recorder not running" once frames flow again.
+    pub fn finish_all(&mut self) {
+        self.close_current();
+    }
+
+    pub fn current_path(&self) -> Option<&str> {
+        self.cur.as_ref().map(|c| c.rel.as_str())
+    }
+}
+
+fn progress(
+    camera: &str,
+    rel: &str,
+    c: &Open,
+    bytes: u64,
+    state: i64,
+    time_source: &'static str,
+) -> SegmentProgress {
+    SegmentProgress {
+        camera: camera.to_string(),
+        path: rel.to_string(),
+        start_ns: c.start_ns,
+        end_ns: c.end_ns,
+        bytes,
+        frames: c.frames,
+        codec: codec_name(c.format.codec),
+        width: c.format.width,
+        height: c.format.height,
+        params: c.params.clone(),
+        time_source,
+        state,
+        new_keyframes: c.new_keyframes.clone(),
+    }
+}
+
+/// Parameter sets as one Annex B blob (VPS, SPS, PPS), for the index. Repeats are
+/// dropped: a parser re-inserting SPS/PPS in front of the encoder's own copies is not
+/// a change of parameters.
+fn encode_params(p: &ts::ParameterSets<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for nal in p.vps.iter().chain(&p.sps).chain(&p.pps) {
+        if seen.contains(nal) {
+            continue;
+        }
+        seen.push(nal);
+        v.extend_from_slice(&[0, 0, 0, 1]);
+        v.extend_from_slice(nal);
+    }
+    v
+}
+
+/// 90 kHz timestamps derived from UTC: a gap in time stays a gap in PTS, and a reader
+/// can recover wall time from any PTS given the segment's start.
+pub fn utc_to_90k(ns: i64) -> u64 {
+    ((ns as i128 * 9 / 100_000) as u64) & ((1 << 33) - 1)
+}
+
+/// `recordings/<camera>/<YYYYMMDD>/<camera>-<YYYYMMDDTHHMMSS.mmmZ>.ts`: sorted by time,
+/// and the start time survives even if the index is lost.
+pub fn segment_rel_path(camera: &str, start_ns: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_nanos(start_ns);
+    format!(
+        "recordings/{camera}/{}/{camera}-{}.ts",
+        t.format("%Y%m%d"),
+        t.format("%Y%m%dT%H%M%S%.3fZ")
+    )
+}
+
+/// Inverse of `segment_rel_path` for the time part, used to index orphan files.
+pub fn start_from_file_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".ts")?;
+    let ts = stem.rsplit('-').next()?;
+    let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y%m%dT%H%M%S%.3fZ").ok()?;
+    t.and_utc().timestamp_nanos_opt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let ns = 1_795_000_000_123_000_000;
+        let rel = segment_rel_path("cam1", ns);
+        assert!(rel.starts_with("recordings/cam1/"), "{rel}");
+        let name = rel.rsplit('/').next().unwrap();
+        assert_eq!(start_from_file_name(name), Some(ns));
+    }
+
+    #[test]
+    fn pts_follows_utc() {
+        assert_eq!(utc_to_90k(1_000_000_000), 90_000);
+        assert_eq!(
+            utc_to_90k(2_000_000_000) - utc_to_90k(1_000_000_000),
+            90_000
+        );
+    }
+}
