@@ -4,6 +4,8 @@
 //! database or lays out files itself. See docs/persistence.md for the schema, time
 //! representation and crash-safety rules.
 
+pub mod events;
+pub mod outbox;
 pub mod recording;
 mod schema;
 

@@ -54,6 +54,61 @@ const MIGRATIONS: &[&str] = &[
         camera TEXT,
         detail TEXT NOT NULL
      ) STRICT;",
+    // 3: events, evidence clips, audit trail and the upstream outbox.
+    "CREATE TABLE event (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,       -- stable id carried upstream
+        kind TEXT NOT NULL,             -- isb_press | stuck_fault | wiring_fault | ...
+        source TEXT NOT NULL,           -- button name
+        at_ns INTEGER NOT NULL,         -- UTC, from the kernel edge timestamp
+        test INTEGER NOT NULL,
+        detail TEXT NOT NULL            -- JSON
+     ) STRICT;
+     CREATE INDEX event_by_time ON event(at_ns);
+     CREATE TABLE clip (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        event INTEGER REFERENCES event(id),
+        camera TEXT NOT NULL,
+        from_ns INTEGER NOT NULL,
+        to_ns INTEGER NOT NULL,
+        state TEXT NOT NULL,            -- pending | sealed | failed | acked
+        path TEXT,                      -- relative to the data directory
+        sha256 TEXT,
+        bytes INTEGER,
+        lock_id INTEGER,                -- retention_lock keeping its source segments
+        error TEXT,
+        created_ns INTEGER NOT NULL,
+        sealed_ns INTEGER,
+        acked_ns INTEGER
+     ) STRICT;
+     CREATE INDEX clip_by_state ON clip(state);
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at_ns INTEGER NOT NULL,
+        uid INTEGER,                    -- peer uid from the control socket
+        pid INTEGER,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE outbox (
+        -- AUTOINCREMENT: an id is never reused, so the receiver can dedupe on it forever.
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        class INTEGER NOT NULL,         -- 0 alert, 1 evidence/best shot, 2 clip chunk, 3 health/telemetry
+        topic TEXT NOT NULL,            -- below storeguard/v1/{site}/{device}/
+        payload BLOB NOT NULL,
+        retain INTEGER NOT NULL,
+        created_ns INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+     ) STRICT;
+     CREATE INDEX outbox_order ON outbox(class, id);
+     CREATE TABLE outbox_counter (
+        class INTEGER PRIMARY KEY,
+        accepted INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0
+     ) STRICT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
