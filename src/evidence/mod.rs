@@ -1,7 +1,7 @@
 //! Evidence building blocks: the device signing key, the signed clip manifest and the
 //! MPEG-TS -> MP4 remux that cuts a clip out of the recorder's segments.
 //!
-//! Flow for one incident: the MP4 remux writes the clip, [`manifest::FileRef::from_path`]
+//! Flow for one incident: [`mp4::remux_ts_to_mp4`] writes the clip, [`manifest::FileRef::from_path`]
 //! hashes it, the caller fills a [`manifest::Manifest`], signs it with [`key::DeviceKey`] and
 //! writes it next to the clip with [`manifest::Manifest::write_sidecar`]. Anyone holding the
 //! clip, its sidecar and (ideally) the device public key from the control centre can check it
@@ -12,9 +12,11 @@
 
 pub mod key;
 pub mod manifest;
+pub mod mp4;
 
 pub use key::{DeviceKey, KeyError, parse_public_key};
 pub use manifest::{Manifest, VerifyError, VerifyReport, sha256_file, sidecar_path, verify};
+pub use mp4::{Mp4Error, Mp4Info, TsSlice, VideoCodec, remux_ts_to_mp4};
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
