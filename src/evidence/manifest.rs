@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use ed25519_dalek::Signature as EdSignature;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -178,8 +178,10 @@ impl Manifest {
         serde_json::to_vec(&unsigned).expect("manifest serializes")
     }
 
-    /// Signs the manifest with `key`, replacing any previous signature.
+    /// Signs the manifest with `key`, replacing any previous signature. Timestamps are first
+    /// truncated to whole milliseconds, so `self` equals what a verifier parses back.
     pub fn sign(&mut self, key: &DeviceKey) {
+        self.truncate_to_ms();
         let sig = key.sign(&self.canonical_bytes());
         self.signature = Some(SignatureBlock {
             alg: SIGNATURE_ALG.into(),
@@ -187,6 +189,23 @@ impl Manifest {
             public_key: key.public_key_b64(),
             value: B64.encode(sig),
         });
+    }
+
+    fn truncate_to_ms(&mut self) {
+        let mut times = vec![
+            &mut self.requested.from,
+            &mut self.requested.to,
+            &mut self.actual.first_frame,
+            &mut self.actual.last_frame,
+            &mut self.created_at,
+        ];
+        for g in &mut self.gaps {
+            times.push(&mut g.from);
+            times.push(&mut g.to);
+        }
+        for t in times {
+            *t = t.trunc_subsecs(3);
+        }
     }
 
     /// Writes the manifest as `<clip file name>.manifest.json` next to the clip (atomic,
@@ -499,6 +518,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("storeguard-manifest-{}", std::process::id()));
         let key = DeviceKey::load_or_create(&dir).unwrap();
         let mut m = sample();
+        m.actual.last_frame += chrono::Duration::nanoseconds(683_322);
         let unsigned = m.canonical_bytes();
         m.sign(&key);
         assert_eq!(m.canonical_bytes(), unsigned);

@@ -214,32 +214,47 @@ pub fn remux_ts_to_mp4(sources: &[TsSlice], out: &Path) -> Result<Mp4Info, Mp4Er
         return Err(Mp4Error::OutputExists { path: out.into() });
     }
     gst::init().map_err(|e| Mp4Error::Gst(format!("init: {e}")))?;
-    let mut partial = out.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let with_suffix = |suffix: &str| {
+        let mut p = out.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let partial = with_suffix(".partial");
+    // mp4mux's faststart scratch file; its default is in /tmp, possibly a small tmpfs.
+    let scratch = with_suffix(".partial.mdat");
+    let result = remux_attempts(sources, out, &partial, &scratch);
+    for leftover in [&partial, &scratch] {
+        match std::fs::remove_file(leftover) {
+            Ok(()) if result.is_ok() => {
+                tracing::warn!(path = %leftover.display(), "removed a leftover temp file");
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+fn remux_attempts(
+    sources: &[TsSlice],
+    out: &Path,
+    partial: &Path,
+    scratch: &Path,
+) -> Result<Mp4Info, Mp4Error> {
     let output_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Mp4Error::Output { path, source }
     };
-
     for muxer in ["mp4mux", "qtmux"] {
-        let info = match run_pipeline(sources, &partial, muxer) {
-            Ok(info) => info,
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e);
-            }
-        };
-        let faststart = moov_before_mdat(&partial).map_err(output_err(&partial))?;
-        if !faststart {
+        let info = run_pipeline(sources, partial, scratch, muxer)?;
+        if !moov_before_mdat(partial).map_err(output_err(partial))? {
             tracing::warn!(path = %partial.display(), muxer, "moov after mdat, trying the next muxer");
-            std::fs::remove_file(&partial).map_err(output_err(&partial))?;
+            std::fs::remove_file(partial).map_err(output_err(partial))?;
             continue;
         }
-        File::open(&partial)
+        File::open(partial)
             .and_then(|f| f.sync_all())
-            .map_err(output_err(&partial))?;
-        std::fs::rename(&partial, out).map_err(output_err(out))?;
+            .map_err(output_err(partial))?;
+        std::fs::rename(partial, out).map_err(output_err(out))?;
         fsync_dir(&parent_dir(out)).map_err(output_err(out))?;
         return Ok(info);
     }
@@ -294,6 +309,7 @@ fn make(factory: &str) -> Result<gst::Element, Mp4Error> {
 fn run_pipeline(
     sources: &[TsSlice],
     partial: &Path,
+    scratch: &Path,
     muxer: &'static str,
 ) -> Result<Mp4Info, Mp4Error> {
     // The codec decides the parser, so find it before building the pipeline.
@@ -311,11 +327,9 @@ fn run_pipeline(
     let parse = make(program.codec.parser())?;
     let mux = make(muxer)?;
     mux.set_property("faststart", true);
-    // The default temp file is in /tmp, possibly small tmpfs; keep it beside the output.
-    let mut fs_file = partial.as_os_str().to_owned();
-    fs_file.push(".mdat");
-    let fs_file = PathBuf::from(fs_file);
-    mux.set_property("faststart-file", fs_file.to_string_lossy().as_ref());
+    // The source clock is 90 kHz; keep every timestamp exact instead of a framerate grid.
+    mux.set_property("trak-timescale", 90_000u32);
+    mux.set_property("faststart-file", scratch.to_string_lossy().as_ref());
     let sink = make("filesink")?;
     sink.set_property("location", partial.to_string_lossy().as_ref());
     pipeline
@@ -377,7 +391,7 @@ fn run_pipeline(
                 return Err(Mp4Error::Pipeline {
                     path: last.path.clone(),
                     offset: demux.last_offset,
-                    message: describe_error(&err),
+                    message: describe_error(err),
                 });
             }
         }
@@ -391,7 +405,6 @@ fn run_pipeline(
         .current_caps()
         .ok_or_else(|| Mp4Error::Gst("parser negotiated no caps".into()))?;
     drop(guard);
-    let _ = std::fs::remove_file(&fs_file);
 
     let s = caps
         .structure(0)
@@ -454,21 +467,21 @@ impl Feeder<'_> {
             message,
         };
         loop {
-            if let Some(msg) = self.bus.pop_filtered(&[gst::MessageType::Error]) {
-                if let gst::MessageView::Error(err) = msg.view() {
-                    return Err(fail(describe_error(&err)));
-                }
-            }
-            if self.appsrc.current_level_bytes() < MAX_QUEUED_BYTES {
-                break;
-            }
+            let room = self.appsrc.current_level_bytes() < MAX_QUEUED_BYTES;
+            let wait = if room {
+                gst::ClockTime::ZERO
+            } else {
+                gst::ClockTime::from_mseconds(5)
+            };
             if let Some(msg) = self
                 .bus
-                .timed_pop_filtered(gst::ClockTime::from_mseconds(5), &[gst::MessageType::Error])
+                .timed_pop_filtered(wait, &[gst::MessageType::Error])
+                && let gst::MessageView::Error(err) = msg.view()
             {
-                if let gst::MessageView::Error(err) = msg.view() {
-                    return Err(fail(describe_error(&err)));
-                }
+                return Err(fail(describe_error(err)));
+            }
+            if room {
+                break;
             }
         }
         self.appsrc
@@ -679,6 +692,8 @@ struct Demuxer {
     discontinuities: Vec<Discontinuity>,
     pushed: u64,
     last_offset: u64,
+    /// First offset and count of lost/errored packets in the current slice.
+    damage: Option<(u64, u32)>,
 }
 
 impl Demuxer {
@@ -691,6 +706,7 @@ impl Demuxer {
             discontinuities: Vec::new(),
             pushed: 0,
             last_offset: 0,
+            damage: None,
         }
     }
 
@@ -757,6 +773,10 @@ impl Demuxer {
                 break;
             }
         }
+        if let Some((first, count)) = self.damage.take() {
+            tracing::warn!(path = %path.display(), first_offset = first, packets = count,
+                "TS continuity errors or errored packets: some frames may show artifacts");
+        }
         self.flush(index, path, feeder)
     }
 
@@ -780,10 +800,7 @@ impl Demuxer {
             return Ok(());
         }
         if pkt[1] & 0x80 != 0 {
-            tracing::warn!(path = %path.display(), offset, "TS packet marked as errored; frame may be damaged");
-            if let Some(p) = self.pes.as_mut() {
-                p.discont = true;
-            }
+            self.damaged(offset);
         }
         if pkt[3] & 0xc0 != 0 {
             return Err(Mp4Error::Scrambled {
@@ -797,13 +814,7 @@ impl Demuxer {
         if has_payload {
             match self.cc {
                 Some(prev) if cc == prev => return Ok(()), // duplicate packet
-                Some(prev) if cc != (prev + 1) & 0x0f => {
-                    tracing::warn!(path = %path.display(), offset, expected = (prev + 1) & 0x0f, found = cc,
-                        "continuity error: TS packets lost; frame may be damaged");
-                    if let Some(p) = self.pes.as_mut() {
-                        p.discont = true;
-                    }
-                }
+                Some(prev) if cc != (prev + 1) & 0x0f => self.damaged(offset),
                 _ => {}
             }
             self.cc = Some(cc);
@@ -824,6 +835,16 @@ impl Demuxer {
             p.data.extend_from_slice(payload);
         }
         Ok(())
+    }
+
+    /// Notes a lost or errored packet; the frame is kept (it is what was recorded) but flagged.
+    fn damaged(&mut self, offset: u64) {
+        if let Some(p) = self.pes.as_mut() {
+            p.discont = true;
+        }
+        let (first, count) = self.damage.get_or_insert((offset, 0));
+        *first = (*first).min(offset);
+        *count += 1;
     }
 
     /// Pushes the PES being assembled, if any, as one buffer.
