@@ -6,6 +6,7 @@ pub mod camera;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod evidence;
 pub mod exit;
 pub mod logging;
 pub mod recording;
