@@ -10,6 +10,7 @@
 
 pub mod gpio;
 pub mod machine;
+pub mod service;
 pub mod sim;
 
 use std::fmt;

@@ -101,6 +101,27 @@ impl Client {
         Err(coded(code, msg))
     }
 
+    /// Downloads a file response to `dest` (written to a temp name, fsynced, renamed).
+    pub fn download(&self, path: &str, dest: &Path) -> Result<u64> {
+        let mut s = self.connect()?;
+        self.send(&mut s, "GET", path, None)?;
+        let mut rd = BufReader::new(s);
+        let (status, _) = read_head(&mut rd)?;
+        if !(200..300).contains(&status) {
+            let mut raw = Vec::new();
+            rd.read_to_end(&mut raw)?;
+            let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+            let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or("download refused");
+            return Err(coded(exit::FAILURE, msg.to_string()));
+        }
+        let tmp = dest.with_extension("partial");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let n = std::io::copy(&mut rd, &mut f).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+        Ok(n)
+    }
+
     /// A streaming request: calls `each` for every NDJSON value until the daemon ends
     /// the stream or `each` returns false.
     pub fn stream(&self, path: &str, mut each: impl FnMut(Value) -> bool) -> Result<()> {

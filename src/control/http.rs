@@ -38,6 +38,20 @@ pub(super) async fn serve_conn(
     tracing::debug!(method = %req.method, path = %req.path, uid = peer.uid, "control request");
     match svc.handle(req).await {
         Response::Json(status, v) => write_json(&mut wr, status, &v).await,
+        Response::File(path, content_type) => {
+            let mut f = match tokio::fs::File::open(&path).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let msg = format!("{}: {e}", path.display());
+                    return write_json(&mut wr, 404, &serde_json::json!({ "error": msg })).await;
+                }
+            };
+            let len = f.metadata().await?.len();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+            wr.write_all(head.as_bytes()).await?;
+            tokio::io::copy(&mut f, &mut wr).await?;
+            wr.flush().await
+        }
         Response::Stream(mut rx) => {
             wr.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",

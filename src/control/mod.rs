@@ -51,6 +51,8 @@ pub enum Response {
     Json(u16, Value),
     /// Newline-delimited JSON, sent as chunks until the sender is dropped.
     Stream(mpsc::Receiver<Value>),
+    /// A file's bytes (evidence download).
+    File(PathBuf, &'static str),
 }
 
 impl Response {

@@ -10,6 +10,9 @@ use crate::camera::{self, GstCamera, Supervisor};
 use crate::config::{Config, Loaded};
 use crate::control::{self, Access, BindError, Listener};
 use crate::exit::{self, coded};
+use crate::button::service::Buttons;
+use crate::evidence::DeviceKey;
+use crate::evidence::incident::Incidents;
 use crate::recording::Recorder;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -28,6 +31,9 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub struct State {
     pub recorder: Arc<Recorder>,
+    pub incidents: Arc<Incidents>,
+    pub buttons: std::sync::Mutex<Buttons>,
+    pub signal_tx: tokio::sync::mpsc::UnboundedSender<crate::button::service::Signal>,
     pub cameras: Supervisor,
     pub started: Instant,
     pub started_utc: DateTime<Utc>,
@@ -92,9 +98,27 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         Box::new(move |cam, writer| Box::new(GstCamera::new(cam, writer, on_write_error.clone()))),
     );
 
+    let key_dir = cfg.storage.data_dir.join("keys");
+    let key = DeviceKey::load_or_create(&key_dir).map_err(|e| coded(exit::IOERR, format!("device key: {e}")))?;
+    tracing::info!(key_id = %key.key_id(), public_key = %key.public_key_b64(), "device signing key");
+    let incidents = Arc::new(Incidents {
+        store: store.clone(),
+        recorder: recorder.clone(),
+        key: Arc::new(key),
+        watch: tokio::sync::broadcast::channel(256).0,
+        clips_changed: tokio::sync::Notify::new(),
+        outbox_changed: tokio::sync::Notify::new(),
+        limits: Default::default(),
+    });
+    let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
+    let buttons = Buttons::start(&cfg.buttons, sig_tx.clone());
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let state = Arc::new(State {
         recorder,
+        incidents,
+        buttons: std::sync::Mutex::new(buttons),
+        signal_tx: sig_tx,
         cameras,
         started: Instant::now(),
         started_utc: Utc::now(),
@@ -108,6 +132,18 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     });
     let control_task = tokio::spawn(listener.serve(service, access, shutdown_rx.clone()));
     let watchdog_task = tokio::spawn(watchdog(state.clone(), shutdown_rx.clone()));
+    // Button signals are handled one at a time, in order: each is a durable commit.
+    let st = state.clone();
+    let signal_task = tokio::spawn(async move {
+        while let Some(sig) = sig_rx.recv().await {
+            let cfg = st.config().config;
+            if let Err(e) = st.incidents.on_signal(sig, &cfg).await {
+                tracing::error!("recording button event failed: {e:#}");
+            }
+        }
+    });
+    let st = state.clone();
+    let clip_task = tokio::spawn(state.incidents.clone().run_clip_jobs(move || st.config().config, shutdown_rx.clone()));
 
     notify(&[
         NotifyState::Ready,
@@ -124,8 +160,11 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
         let _ = control_task.await;
         let _ = watchdog_task.await;
+        let _ = clip_task.await;
+        signal_task.abort();
         // Cameras first, so the recorder's final sync sees every last frame.
         let _ = tokio::task::spawn_blocking(move || {
+            st.buttons.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
             st.cameras.shutdown();
             st.recorder.shutdown();
         })
@@ -209,6 +248,14 @@ async fn reload_inner(state: &Arc<State>, path: &Path) -> Result<ReloadOutcome> 
     state.store.meta_set("config_version", &new.version)?;
     state.recorder.reconfigure(&new.config);
     state.cameras.apply(&new.config);
+    if serde_json::to_value(&old.config.buttons).ok() != serde_json::to_value(&new.config.buttons).ok() {
+        // Buttons are few and cheap to reopen; restart them all on any change.
+        let tx = state.signal_tx.clone();
+        let mut b = state.buttons.lock().unwrap_or_else(|p| p.into_inner());
+        b.shutdown();
+        *b = Buttons::start(&new.config.buttons, tx);
+        tracing::info!("buttons restarted with the new config");
+    }
     *state.config.write().unwrap_or_else(|p| p.into_inner()) = new;
     tracing::info!(from = %outcome.previous, to = %outcome.version, "config reloaded");
     Ok(outcome)

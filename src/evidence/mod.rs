@@ -10,6 +10,8 @@
 //! Everything here is blocking (file I/O, hashing, a GStreamer pipeline driven to EOS): call it
 //! from `spawn_blocking` or a dedicated thread.
 
+pub mod clip;
+pub mod incident;
 pub mod key;
 pub mod manifest;
 pub mod mp4;

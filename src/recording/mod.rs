@@ -109,6 +109,20 @@ impl Recorder {
         self.shared.evict_now.store(true, Ordering::Relaxed);
     }
 
+    /// UTC up to which a camera's frames have been written (not necessarily synced).
+    pub fn written_until(&self, camera: &str) -> Option<i64> {
+        let w = lock(&self.shared.writers).get(camera).cloned()?;
+        lock(&w).written_until()
+    }
+
+    /// Makes one camera's recording durable and indexed now, instead of at the next
+    /// round: an evidence clip shouldn't wait up to a sync interval.
+    pub fn sync_now(&self, camera: &str) {
+        if let Some(w) = lock(&self.shared.writers).get(camera).cloned() {
+            sync_round(&self.shared, &[w]);
+        }
+    }
+
     /// Asks for an eviction pass at once (after a write error such as a full disk).
     pub fn evict_soon(&self) {
         self.shared.evict_now.store(true, Ordering::Relaxed);

@@ -359,6 +359,10 @@ impl SegmentWriter {
         self.close_current();
     }
 
+    pub fn written_until(&self) -> Option<i64> {
+        self.last_end_ns
+    }
+
     pub fn current_path(&self) -> Option<&str> {
         self.cur.as_ref().map(|c| c.rel.as_str())
     }

@@ -32,6 +32,19 @@ pub struct ClipRow {
     pub error: Option<String>,
 }
 
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let detail: String = r.get(6)?;
+    Ok(EventRow {
+        id: r.get(0)?,
+        uid: r.get(1)?,
+        kind: r.get(2)?,
+        source: r.get(3)?,
+        at_ns: r.get(4)?,
+        test: r.get(5)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
 const CLIP_COLS: &str =
     "id, uid, event, camera, from_ns, to_ns, state, path, sha256, bytes, lock_id, error";
 
@@ -110,18 +123,7 @@ impl Store {
             "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE at_ns >= ?1 ORDER BY at_ns DESC LIMIT ?2",
         ))?;
         let rows = st
-            .query_map(params![since_ns, limit as i64], |r| {
-                let detail: String = r.get(6)?;
-                Ok(EventRow {
-                    id: r.get(0)?,
-                    uid: r.get(1)?,
-                    kind: r.get(2)?,
-                    source: r.get(3)?,
-                    at_ns: r.get(4)?,
-                    test: r.get(5)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
-            })
+            .query_map(params![since_ns, limit as i64], event_row)
             .and_then(|m| m.collect());
         self.sq(rows)
     }
@@ -155,7 +157,9 @@ impl Store {
             .optional())
     }
 
-    /// Records a sealed clip and queues its manifest upstream in the same transaction.
+    /// Records a sealed clip, releases the lock on its source segments and queues its
+    /// manifest upstream, in one transaction. The clip file itself is never evicted by
+    /// the ring; it stays until the control centre acknowledges it.
     pub fn seal_clip(
         &self,
         id: i64,
@@ -169,8 +173,10 @@ impl Store {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
+            // The clip file now holds the footage: its source segments may age out again.
+            tx.execute("DELETE FROM retention_lock WHERE id = (SELECT lock_id FROM clip WHERE id = ?1)", [id])?;
             tx.execute(
-                "UPDATE clip SET state = 'sealed', path = ?2, sha256 = ?3, bytes = ?4, sealed_ns = ?5, error = NULL WHERE id = ?1",
+                "UPDATE clip SET state = 'sealed', path = ?2, sha256 = ?3, bytes = ?4, sealed_ns = ?5, error = NULL, lock_id = NULL WHERE id = ?1",
                 params![id, path, sha256, bytes as i64, now_ns],
             )?;
             if let Some((topic, payload)) = manifest {
@@ -181,6 +187,25 @@ impl Store {
         self.sq(r)
     }
 
+    /// A manual export's clip row; `seal_clip` or `fail_clip` finishes it.
+    pub fn insert_clip(&self, clip: &NewClip, event: Option<i64>, lock_id: Option<i64>, now_ns: i64) -> Result<i64> {
+        let c = self.conn();
+        self.sq(c.execute(
+            "INSERT INTO clip(uid, event, camera, from_ns, to_ns, state, lock_id, created_ns) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+            params![clip.uid, event, clip.camera, clip.from_ns, clip.to_ns, lock_id, now_ns],
+        ))?;
+        Ok(c.last_insert_rowid())
+    }
+
+    pub fn event_by_id(&self, id: i64) -> Result<Option<EventRow>> {
+        let c = self.conn();
+        self.sq(
+            c.query_row("SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE id = ?1", [id], event_row)
+                .optional(),
+        )
+    }
+
+    /// A clip that could not be cut keeps its lock, so the footage stays for a manual export.
     pub fn fail_clip(&self, id: i64, error: &str) -> Result<()> {
         let c = self.conn();
         self.sq(c.execute(
@@ -190,7 +215,7 @@ impl Store {
         .map(|_| ())
     }
 
-    /// The control centre confirmed receipt: the clip and its footage may now age out.
+    /// The control centre confirmed receipt: the clip may now age out.
     pub fn ack_clip(&self, uid: &str, now_ns: i64) -> Result<bool> {
         let mut c = self.conn();
         let r = (|| {

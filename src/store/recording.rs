@@ -99,7 +99,8 @@ fn segment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
 impl Store {
     /// Commits one sync round for all cameras in a single transaction: one fsync of the
     /// WAL per round instead of one per camera, which is what keeps eMMC wear low.
-    /// Callers must have synced the media files first (data before index).
+    /// Callers must have synced the media files first (data before index). Updates only
+    /// ever grow a segment, so two overlapping rounds can commit in either order.
     pub fn commit_sync(&self, segments: &[SegmentProgress], gaps: &[GapChange]) -> Result<()> {
         let mut c = self.conn();
         let r = (|| {
@@ -108,8 +109,9 @@ impl Store {
                 let mut up = tx.prepare_cached(
                     "INSERT INTO segment(camera, path, start_ns, end_ns, bytes, frames, codec, width, height, params, time_source, state)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                     ON CONFLICT(path) DO UPDATE SET end_ns=excluded.end_ns, bytes=excluded.bytes, frames=excluded.frames,
-                        state=excluded.state, params=coalesce(excluded.params, params)",
+                     ON CONFLICT(path) DO UPDATE SET end_ns=max(end_ns, excluded.end_ns), bytes=max(bytes, excluded.bytes),
+                        frames=max(frames, excluded.frames), state=max(state, excluded.state),
+                        params=coalesce(params, excluded.params)",
                 )?;
                 let mut kf = tx.prepare_cached(
                     "INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset) SELECT id, ?2, ?3 FROM segment WHERE path = ?1",
