@@ -81,19 +81,36 @@ impl Buttons {
             let test_until = Arc::new(AtomicU64::new(0));
             let status = Arc::new(Mutex::new(ButtonStatus {
                 name: b.name.clone(),
-                source: if b.is_simulated() { "simulated".into() } else { format!("{} line {}", b.chip, b.line) },
+                source: if b.is_simulated() {
+                    "simulated".into()
+                } else {
+                    format!("{} line {}", b.chip, b.line)
+                },
                 state: "idle".into(),
                 error: None,
             }));
-            let thresholds = Thresholds { stuck_after: b.stuck_after.0, ..Thresholds::default() };
+            let thresholds = Thresholds {
+                stuck_after: b.stuck_after.0,
+                ..Thresholds::default()
+            };
             let settings = b.line_settings();
-            let ctx = Ctx { name: b.name.clone(), tx: tx.clone(), stop: stop.clone(), test_until: test_until.clone(), status: status.clone() };
+            let ctx = Ctx {
+                name: b.name.clone(),
+                tx: tx.clone(),
+                stop: stop.clone(),
+                test_until: test_until.clone(),
+                status: status.clone(),
+            };
             let t = if b.is_simulated() {
-                let input = ButtonInput::new(sim.with_kernel_debounce(false), &settings, thresholds);
+                let input =
+                    ButtonInput::new(sim.with_kernel_debounce(false), &settings, thresholds);
                 spawn(ctx, input)
             } else {
                 match GpioCdevSource::open(&b.name, &settings) {
-                    Ok(real) => spawn(ctx, ButtonInput::new(Merged { real, sim }, &settings, thresholds)),
+                    Ok(real) => spawn(
+                        ctx,
+                        ButtonInput::new(Merged { real, sim }, &settings, thresholds),
+                    ),
                     Err(e) => {
                         tracing::error!("{e}");
                         let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,9 +121,21 @@ impl Buttons {
                 }
             };
             threads.extend(t);
-            runners.insert(b.name.clone(), Runner { inject, test_until, wiring: b.wiring, status });
+            runners.insert(
+                b.name.clone(),
+                Runner {
+                    inject,
+                    test_until,
+                    wiring: b.wiring,
+                    status,
+                },
+            );
         }
-        Buttons { runners, stop, threads }
+        Buttons {
+            runners,
+            stop,
+            threads,
+        }
     }
 
     /// Injects a press (press and release after `hold`) as edges on the button's source.
@@ -114,24 +143,43 @@ impl Buttons {
         let r = self.runners.get(name).ok_or_else(|| {
             let mut known: Vec<&str> = self.runners.keys().map(|s| s.as_str()).collect();
             known.sort();
-            format!("no button named {name:?} (configured: {})", known.join(", "))
+            format!(
+                "no button named {name:?} (configured: {})",
+                known.join(", ")
+            )
         })?;
-        if r.status.lock().map(|s| s.state == "failed").unwrap_or(false) {
-            return Err(format!("button {name:?} is not running: {}", r.status.lock().map(|s| s.error.clone().unwrap_or_default()).unwrap_or_default()));
+        if r.status
+            .lock()
+            .map(|s| s.state == "failed")
+            .unwrap_or(false)
+        {
+            return Err(format!(
+                "button {name:?} is not running: {}",
+                r.status
+                    .lock()
+                    .map(|s| s.error.clone().unwrap_or_default())
+                    .unwrap_or_default()
+            ));
         }
         if test {
-            let until = super::monotonic_now_ns() + (hold + Duration::from_secs(2)).as_nanos() as u64;
+            let until =
+                super::monotonic_now_ns() + (hold + Duration::from_secs(2)).as_nanos() as u64;
             r.test_until.store(until, Ordering::Relaxed);
         }
         for e in SimulatedSource::press_edges(r.wiring, hold) {
-            r.inject.send(e).map_err(|_| format!("button {name:?} has stopped"))?;
+            r.inject
+                .send(e)
+                .map_err(|_| format!("button {name:?} has stopped"))?;
         }
         Ok(())
     }
 
     pub fn status(&self) -> Vec<ButtonStatus> {
-        let mut v: Vec<ButtonStatus> =
-            self.runners.values().map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+        let mut v: Vec<ButtonStatus> = self
+            .runners
+            .values()
+            .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -158,7 +206,10 @@ struct Ctx {
     status: Arc<Mutex<ButtonStatus>>,
 }
 
-fn spawn<S: EdgeSource + 'static>(ctx: Ctx, mut input: ButtonInput<S>) -> Option<std::thread::JoinHandle<()>> {
+fn spawn<S: EdgeSource + 'static>(
+    ctx: Ctx,
+    mut input: ButtonInput<S>,
+) -> Option<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("sg-btn-{}", ctx.name))
         .spawn(move || {
@@ -171,13 +222,25 @@ fn spawn<S: EdgeSource + 'static>(ctx: Ctx, mut input: ButtonInput<S>) -> Option
                                 && event.ts_ns() <= ctx.test_until.load(Ordering::Relaxed);
                             let state = match event {
                                 ButtonEvent::Pressed { .. } => "pressed",
-                                ButtonEvent::Released { .. } | ButtonEvent::StuckCleared { .. } | ButtonEvent::WiringRestored { .. } => "idle",
+                                ButtonEvent::Released { .. }
+                                | ButtonEvent::StuckCleared { .. }
+                                | ButtonEvent::WiringRestored { .. } => "idle",
                                 ButtonEvent::StuckFault { .. } => "stuck",
                                 ButtonEvent::WiringFault { .. } => "wiring-fault",
                             };
-                            ctx.status.lock().unwrap_or_else(|p| p.into_inner()).state = state.into();
+                            ctx.status.lock().unwrap_or_else(|p| p.into_inner()).state =
+                                state.into();
                             let utc_ns = utc.timestamp_nanos_opt().unwrap_or(0);
-                            if ctx.tx.send(Signal { button: ctx.name.clone(), event, utc_ns, test }).is_err() {
+                            if ctx
+                                .tx
+                                .send(Signal {
+                                    button: ctx.name.clone(),
+                                    event,
+                                    utc_ns,
+                                    test,
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }

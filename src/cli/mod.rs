@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use storeguard::config::{self, Config};
-use storeguard::control::client::Client;
+use storeguard::control::client::{Client, percent_encode};
 use storeguard::exit;
 
 #[derive(Parser, Debug)]
@@ -45,6 +45,67 @@ enum Cmd {
     /// Check, show or reload configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Panic buttons: watch presses and faults live, or test one.
+    #[command(subcommand)]
+    Button(ButtonCmd),
+    /// Button events (presses and faults) with their evidence clips.
+    Events {
+        /// Only events at or after this time (RFC 3339 or local "YYYY-MM-DD HH:MM:SS").
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export footage still in the ring as a signed evidence clip (MP4 + manifest).
+    Clip {
+        #[arg(long)]
+        camera: String,
+        /// Start (RFC 3339, or local "YYYY-MM-DD HH:MM:SS").
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Directory to write the clip and its manifest to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Offline checks of evidence clips.
+    #[command(subcommand)]
+    Evidence(EvidenceCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ButtonCmd {
+    /// Print presses and faults as they happen (Ctrl-C to stop).
+    Watch {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inject a press through the daemon; it takes the same path as a real press.
+    Press {
+        name: String,
+        /// Mark the event as a test (required: a real alarm goes upstream otherwise).
+        #[arg(long, required = true)]
+        test: bool,
+        #[arg(long, default_value_t = 200)]
+        hold_ms: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EvidenceCmd {
+    /// Check a clip's SHA-256 and its manifest's Ed25519 signature; exit 65 on mismatch.
+    Verify {
+        clip: PathBuf,
+        /// Manifest (default: CLIP.manifest.json next to the clip).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Expected device public key (base64), e.g. from the control centre's records.
+        #[arg(long)]
+        pubkey: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,6 +154,62 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Config(ConfigCmd::Validate { paths }) => Ok(validate(paths)),
+        Cmd::Button(ButtonCmd::Watch { json }) => {
+            let json = *json;
+            args.client().stream("/v1/buttons/watch", |v| {
+                if json {
+                    println!("{v}");
+                } else {
+                    println!("{}", output::watch_line(&v));
+                }
+                true
+            })?;
+            Ok(exit::OK)
+        }
+        Cmd::Button(ButtonCmd::Press {
+            name,
+            test,
+            hold_ms,
+        }) => {
+            let path = format!(
+                "/v1/buttons/{}/press?test={test}&hold_ms={hold_ms}",
+                percent_encode(name)
+            );
+            args.client().call("POST", &path, None)?;
+            println!(
+                "test press injected on {name}; see `storeguard events` for the event and its clips"
+            );
+            Ok(exit::OK)
+        }
+        Cmd::Events { since, limit, json } => {
+            let mut path = format!("/v1/events?limit={limit}");
+            if let Some(s) = since {
+                path.push_str(&format!("&since={}", percent_encode(s)));
+            }
+            let v = args.client().call("GET", &path, None)?;
+            print(*json, &v, output::events);
+            Ok(exit::OK)
+        }
+        Cmd::Clip {
+            camera,
+            from,
+            to,
+            out,
+        } => export(&args, camera, from, to, out),
+        Cmd::Evidence(EvidenceCmd::Verify {
+            clip,
+            manifest,
+            pubkey,
+        }) => match storeguard::evidence::verify(clip, manifest.as_deref(), pubkey.as_deref()) {
+            Ok(r) => {
+                print!("{}", output::verified(clip, &r));
+                Ok(exit::OK)
+            }
+            Err(e) => Err(exit::coded(
+                exit::DATAERR,
+                format!("verification FAILED for {}: {e}", clip.display()),
+            )),
+        },
         Cmd::Config(ConfigCmd::Show) => {
             let loaded = Config::load(&args.config)?;
             println!("# {} (version {})", loaded.path.display(), loaded.version);
@@ -111,6 +228,44 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+fn export(args: &Args, camera: &str, from: &str, to: &str, out: &Path) -> Result<u8> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| exit::coded(exit::CANTCREAT, format!("{}: {e}", out.display())))?;
+    let out_abs = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+    let client = args.client();
+    let body =
+        serde_json::json!({ "camera": camera, "from": from, "to": to, "destination": out_abs });
+    let v = client.call("POST", "/v1/clips", Some(&body))?;
+    let uid = v["clip"].as_str().unwrap_or_default().to_string();
+    let name = v["file"]["name"].as_str().unwrap_or("clip.mp4").to_string();
+    let clip_path = out.join(&name);
+    let manifest_path = storeguard::evidence::sidecar_path(&clip_path);
+    client.download(&format!("/v1/evidence/{uid}/clip"), &clip_path)?;
+    client.download(&format!("/v1/evidence/{uid}/manifest"), &manifest_path)?;
+    // Check the copy we just wrote, not only the daemon's original.
+    storeguard::evidence::verify(&clip_path, Some(&manifest_path), None).map_err(|e| {
+        exit::coded(
+            exit::DATAERR,
+            format!("exported copy failed verification: {e}"),
+        )
+    })?;
+    let m = &v["manifest"];
+    println!("{}", clip_path.display());
+    println!("{}", manifest_path.display());
+    println!(
+        "camera {}  first frame {}  last frame {}  {} bytes  sha256 {}",
+        camera,
+        output::local_time(m["actual"]["first_frame"].as_str().unwrap_or("")),
+        output::local_time(m["actual"]["last_frame"].as_str().unwrap_or("")),
+        m["file"]["size"],
+        m["file"]["sha256"].as_str().unwrap_or("")
+    );
+    for g in m["gaps"].as_array().into_iter().flatten() {
+        println!("gap {} .. {}: {}", g["from"], g["to"], g["reason"]);
+    }
+    Ok(exit::OK)
 }
 
 fn validate(paths: &[PathBuf]) -> u8 {

@@ -137,3 +137,114 @@ pub fn cameras(v: &Value) -> String {
     );
     o
 }
+
+pub fn watch_line(v: &Value) -> String {
+    let at = local_time(v["at"].as_str().unwrap_or(""));
+    let mut line = format!(
+        "{at}  {:<16} {}",
+        s(&v["kind"]),
+        v["button"].as_str().unwrap_or("")
+    );
+    if v["test"].as_bool() == Some(true) {
+        line.push_str("  (test)");
+    }
+    if let Some(id) = v["event_id"].as_str() {
+        line.push_str(&format!("  event {id}"));
+    }
+    if let Some(p) = v["path"].as_str() {
+        line.push_str(&format!("  {p}"));
+    }
+    line
+}
+
+pub fn events(v: &Value) -> String {
+    let mut o = String::new();
+    for e in v["events"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "{}  {:<14} {:<12}{}  {}",
+            local_time(e["at"].as_str().unwrap_or("")),
+            s(&e["kind"]),
+            s(&e["source"]),
+            if e["test"].as_bool() == Some(true) {
+                " (test)"
+            } else {
+                ""
+            },
+            s(&e["id"])
+        );
+        for c in e["clips"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "    clip {:<8} {:<8} {}{}",
+                s(&c["camera"]),
+                s(&c["state"]),
+                c["path"].as_str().unwrap_or(""),
+                c["error"]
+                    .as_str()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if o.is_empty() {
+        o.push_str("no events\n");
+    }
+    o
+}
+
+pub fn verified(clip: &std::path::Path, r: &storeguard::evidence::VerifyReport) -> String {
+    let m = &r.manifest;
+    let t =
+        |d: &chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut o = String::new();
+    let _ = writeln!(o, "OK  {}", clip.display());
+    let _ = writeln!(
+        o,
+        "    sha256     {} ({} bytes) matches",
+        m.file.sha256, m.file.size
+    );
+    let _ = writeln!(
+        o,
+        "    signature  ed25519 by key {} {}",
+        r.key_id,
+        if r.key_trusted {
+            "(matches the expected public key)"
+        } else {
+            "(valid; pass --pubkey to also check WHO signed)"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "    site {} device {} camera {} {}",
+        m.site_id, m.device_id, m.camera.id, m.camera.name
+    );
+    let _ = writeln!(
+        o,
+        "    footage    {} .. {} UTC ({} {}x{})",
+        t(&m.actual.first_frame),
+        t(&m.actual.last_frame),
+        m.codec,
+        m.width,
+        m.height
+    );
+    let _ = writeln!(
+        o,
+        "    requested  {} .. {} UTC",
+        t(&m.requested.from),
+        t(&m.requested.to)
+    );
+    for g in &m.gaps {
+        let _ = writeln!(
+            o,
+            "    gap        {} .. {}: {}",
+            t(&g.from),
+            t(&g.to),
+            g.reason
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(o, "    warning    {w}");
+    }
+    o
+}

@@ -111,12 +111,17 @@ impl Client {
             let mut raw = Vec::new();
             rd.read_to_end(&mut raw)?;
             let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-            let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or("download refused");
+            let msg = v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("download refused");
             return Err(coded(exit::FAILURE, msg.to_string()));
         }
         let tmp = dest.with_extension("partial");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let n = std::io::copy(&mut rd, &mut f).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let n =
+            std::io::copy(&mut rd, &mut f).with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()?;
         std::fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
         Ok(n)

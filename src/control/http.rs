@@ -47,7 +47,9 @@ pub(super) async fn serve_conn(
                 }
             };
             let len = f.metadata().await?.len();
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            );
             wr.write_all(head.as_bytes()).await?;
             tokio::io::copy(&mut f, &mut wr).await?;
             wr.flush().await

@@ -17,6 +17,14 @@ impl Service for Api {
             match (req.method.as_str(), segs.as_slice()) {
                 ("GET", ["v1", "status"]) => self.status(),
                 ("GET", ["v1", "cameras"]) => self.cameras().await,
+                ("GET", ["v1", "buttons"]) => {
+                    Response::ok(json!({ "buttons": self.buttons().status() }))
+                }
+                ("POST", ["v1", "buttons", name, "press"]) => self.press(name, &req),
+                ("GET", ["v1", "buttons", "watch"]) => self.watch(),
+                ("GET", ["v1", "events"]) => self.events(&req).await,
+                ("POST", ["v1", "clips"]) => self.export(&req).await,
+                ("GET", ["v1", "evidence", uid, what]) => self.evidence_file(uid, what).await,
                 ("GET", ["v1", "config"]) => Response::ok(json!({
                     "path": self.state.config().path,
                     "version": self.state.config().version,
@@ -39,6 +47,200 @@ impl Service for Api {
 }
 
 impl Api {
+    fn buttons(&self) -> std::sync::MutexGuard<'_, crate::button::service::Buttons> {
+        self.state.buttons.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn press(&self, name: &str, req: &Request) -> Response {
+        let test = req.query("test").is_some_and(|v| v != "false" && v != "0");
+        let hold = req
+            .query("hold_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200u64);
+        let r = self
+            .buttons()
+            .press(name, std::time::Duration::from_millis(hold), test);
+        match r {
+            Ok(()) => {
+                tracing::info!(
+                    button = name,
+                    test,
+                    uid = req.peer.uid,
+                    "press injected through the control socket"
+                );
+                Response::Json(
+                    202,
+                    json!({ "button": name, "test": test, "hold_ms": hold }),
+                )
+            }
+            Err(e) => Response::error(404, e),
+        }
+    }
+
+    fn watch(&self) -> Response {
+        let mut rx = self.state.incidents.watch.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        let mut stop = self.state.shutdown.subscribe();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(json!({ "kind": "watching", "at": utc(crate::recording::now_ns()) }))
+                .await;
+            loop {
+                tokio::select! {
+                    _ = crate::daemon::stopped(&mut stop) => return,
+                    m = rx.recv() => match m {
+                        Ok(v) => if tx.send(v).await.is_err() { return },
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx.send(json!({ "kind": "lagged", "missed": n })).await;
+                        }
+                        Err(_) => return,
+                    },
+                }
+            }
+        });
+        Response::Stream(out)
+    }
+
+    async fn events(&self, req: &Request) -> Response {
+        let since = match req.query("since").map(parse_time).transpose() {
+            Ok(s) => s.unwrap_or(0),
+            Err(e) => return Response::error(400, format!("since: {e}")),
+        };
+        let limit = req
+            .query("limit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100usize);
+        let store = self.state.store.clone();
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<serde_json::Value>> {
+            let mut out = Vec::new();
+            for e in store.events_since(since, limit)? {
+                let clips: Vec<_> = store
+                    .clips_of_event(e.id)?
+                    .into_iter()
+                    .map(|c| json!({ "id": c.uid, "camera": c.camera, "state": c.state, "path": c.path, "sha256": c.sha256, "error": c.error }))
+                    .collect();
+                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc(e.at_ns), "test": e.test, "detail": e.detail, "clips": clips }));
+            }
+            Ok(out)
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => Response::ok(json!({ "events": v })),
+            Ok(Err(e)) => Response::error(500, format!("{e:#}")),
+            Err(e) => Response::error(500, e.to_string()),
+        }
+    }
+
+    /// Cuts a clip of any range still in the ring (a police request for earlier
+    /// footage), with the same manifest and signature as a press, and audits it.
+    async fn export(&self, req: &Request) -> Response {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            camera: String,
+            from: String,
+            to: String,
+            #[serde(default)]
+            destination: String,
+        }
+        let b: Body = match req.json() {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let cfg = self.state.config().config;
+        let Some(cam) = cfg.camera(&b.camera).cloned() else {
+            let known: Vec<_> = cfg.cameras.iter().map(|c| c.id.as_str()).collect();
+            return Response::error(
+                404,
+                format!(
+                    "no camera {:?} (configured: {})",
+                    b.camera,
+                    known.join(", ")
+                ),
+            );
+        };
+        let (from, to) = match (parse_time(&b.from), parse_time(&b.to)) {
+            (Ok(f), Ok(t)) if f < t => (f, t),
+            (Ok(_), Ok(_)) => return Response::error(400, "--from must be before --to"),
+            (Err(e), _) => return Response::error(400, format!("--from: {e}")),
+            (_, Err(e)) => return Response::error(400, format!("--to: {e}")),
+        };
+        let now = crate::recording::now_ns();
+        if to > now {
+            return Response::error(
+                400,
+                format!("--to {} is in the future (now {})", utc(to), utc(now)),
+            );
+        }
+        let st = self.state.clone();
+        let peer = req.peer;
+        let r = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, (u16, String)> {
+            use crate::evidence::clip;
+            let store = &st.store;
+            let e500 = |e: crate::store::StoreError| (500, e.to_string());
+            st.recorder.sync_now(&cam.id);
+            let uid = format!("exp-{}-{}", chrono::DateTime::from_timestamp_nanos(now).format("%Y%m%dT%H%M%S%3fZ"), cam.id);
+            let lock = store.add_retention_lock(&cam.id, from, to, &format!("export {uid}"), now).map_err(e500)?;
+            let nc = crate::store::events::NewClip { uid: uid.clone(), camera: cam.id.clone(), from_ns: from, to_ns: to };
+            let id = store.insert_clip(&nc, None, Some(lock), now).map_err(e500)?;
+            let spec = clip::ClipSpec {
+                uid: &uid,
+                camera_id: &cam.id,
+                camera_name: &cam.name,
+                from_ns: from,
+                to_ns: to,
+                event: clip::event_ref(&uid, crate::evidence::manifest::EventKind::ManualExport, false),
+            };
+            let sealed = match clip::cut(store, &st.incidents.key, &st.config().config.site, &spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = store.fail_clip(id, &e.to_string());
+                    let _ = store.remove_retention_lock(lock);
+                    let code = if matches!(e, clip::ClipError::NoFootage { .. }) { 404 } else { 500 };
+                    return Err((code, e.to_string()));
+                }
+            };
+            let m = &sealed.manifest;
+            store.seal_clip(id, &sealed.rel_path, &m.file.sha256, m.file.size, None, now, Default::default()).map_err(e500)?;
+            let detail = json!({ "clip": uid, "from": utc(from), "to": utc(to), "sha256": m.file.sha256, "destination": b.destination });
+            store
+                .audit(now, Some(peer.uid), peer.pid, "clip_export", &cam.id, &detail.to_string())
+                .map_err(e500)?;
+            tracing::info!(clip = %uid, camera = %cam.id, uid = peer.uid, destination = %b.destination, "evidence exported");
+            Ok(json!({ "clip": uid, "file": m.file, "manifest": m, "path": sealed.path, "manifest_path": sealed.manifest_path }))
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => Response::ok(v),
+            Ok(Err((code, msg))) => Response::error(code, msg),
+            Err(e) => Response::error(500, e.to_string()),
+        }
+    }
+
+    async fn evidence_file(&self, uid: &str, what: &str) -> Response {
+        let store = self.state.store.clone();
+        let u = uid.to_string();
+        let row = tokio::task::spawn_blocking(move || store.clip(&u)).await;
+        let Ok(Ok(Some(clip))) = row else {
+            return Response::error(404, format!("no clip {uid}"));
+        };
+        let Some(rel) = clip.path else {
+            return Response::error(
+                404,
+                format!(
+                    "clip {uid} is {}: {}",
+                    clip.state,
+                    clip.error.unwrap_or_default()
+                ),
+            );
+        };
+        let path = self.state.store.data_dir().join(rel);
+        match what {
+            "clip" => Response::File(path, "video/mp4"),
+            "manifest" => Response::File(crate::evidence::sidecar_path(&path), "application/json"),
+            _ => Response::error(404, "use /clip or /manifest"),
+        }
+    }
+
     async fn cameras(&self) -> Response {
         let s = self.state.clone();
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
@@ -87,10 +289,33 @@ impl Api {
             "data_dir": s.store.data_dir(),
             "schema_version": s.store.schema_version().unwrap_or(-1),
             "cameras": cameras,
+            "public_key": s.incidents.key.public_key_b64(),
+            "key_id": s.incidents.key.key_id(),
+            "buttons": self.buttons().status(),
         }))
     }
 }
 
 pub fn utc(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Accepts RFC 3339 (`2026-11-22T10:00:00Z`, any offset) or local time without an
+/// offset (`2026-11-22 10:00:00`), as a technician would type it.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return d.timestamp_nanos_opt().ok_or_else(|| "out of range".into());
+    }
+    for f in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"] {
+        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(t, f) {
+            use chrono::TimeZone;
+            if let Some(d) = chrono::Local.from_local_datetime(&n).earliest() {
+                return d.timestamp_nanos_opt().ok_or_else(|| "out of range".into());
+            }
+        }
+    }
+    Err(format!(
+        "{s:?} is not a time; use RFC 3339 like 2026-11-22T14:05:00Z or local \"2026-11-22 14:05:00\""
+    ))
 }

@@ -6,13 +6,13 @@
 
 mod api;
 
+use crate::button::service::Buttons;
 use crate::camera::{self, GstCamera, Supervisor};
 use crate::config::{Config, Loaded};
 use crate::control::{self, Access, BindError, Listener};
-use crate::exit::{self, coded};
-use crate::button::service::Buttons;
 use crate::evidence::DeviceKey;
 use crate::evidence::incident::Incidents;
+use crate::exit::{self, coded};
 use crate::recording::Recorder;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -99,7 +99,8 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     );
 
     let key_dir = cfg.storage.data_dir.join("keys");
-    let key = DeviceKey::load_or_create(&key_dir).map_err(|e| coded(exit::IOERR, format!("device key: {e}")))?;
+    let key = DeviceKey::load_or_create(&key_dir)
+        .map_err(|e| coded(exit::IOERR, format!("device key: {e}")))?;
     tracing::info!(key_id = %key.key_id(), public_key = %key.public_key_b64(), "device signing key");
     let incidents = Arc::new(Incidents {
         store: store.clone(),
@@ -143,7 +144,12 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         }
     });
     let st = state.clone();
-    let clip_task = tokio::spawn(state.incidents.clone().run_clip_jobs(move || st.config().config, shutdown_rx.clone()));
+    let clip_task = tokio::spawn(
+        state
+            .incidents
+            .clone()
+            .run_clip_jobs(move || st.config().config, shutdown_rx.clone()),
+    );
 
     notify(&[
         NotifyState::Ready,
@@ -164,7 +170,10 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         signal_task.abort();
         // Cameras first, so the recorder's final sync sees every last frame.
         let _ = tokio::task::spawn_blocking(move || {
-            st.buttons.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+            st.buttons
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .shutdown();
             st.cameras.shutdown();
             st.recorder.shutdown();
         })
@@ -248,7 +257,9 @@ async fn reload_inner(state: &Arc<State>, path: &Path) -> Result<ReloadOutcome> 
     state.store.meta_set("config_version", &new.version)?;
     state.recorder.reconfigure(&new.config);
     state.cameras.apply(&new.config);
-    if serde_json::to_value(&old.config.buttons).ok() != serde_json::to_value(&new.config.buttons).ok() {
+    if serde_json::to_value(&old.config.buttons).ok()
+        != serde_json::to_value(&new.config.buttons).ok()
+    {
         // Buttons are few and cheap to reopen; restart them all on any change.
         let tx = state.signal_tx.clone();
         let mut b = state.buttons.lock().unwrap_or_else(|p| p.into_inner());

@@ -3,7 +3,9 @@
 //! a signed manifest. Gaps inside the window are stated in the manifest.
 
 use super::key::DeviceKey;
-use super::manifest::{Actual, CameraRef, EventKind, EventRef, FileRef, Gap, Manifest, Requested, SCHEMA, Software};
+use super::manifest::{
+    Actual, CameraRef, EventKind, EventRef, FileRef, Gap, Manifest, Requested, SCHEMA, Software,
+};
 use super::mp4::{TsSlice, remux_ts_to_mp4};
 use crate::config::Site;
 use crate::store::Store;
@@ -13,7 +15,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
     #[error("no footage for camera {camera} between {from} and {to}; {available}")]
-    NoFootage { camera: String, from: String, to: String, available: String },
+    NoFootage {
+        camera: String,
+        from: String,
+        to: String,
+        available: String,
+    },
     #[error("cutting clip for camera {camera}: {detail}")]
     Cut { camera: String, detail: String },
     #[error(transparent)]
@@ -64,7 +71,12 @@ pub fn available(store: &Store, camera: &str) -> String {
     }
 }
 
-pub fn cut(store: &Store, key: &DeviceKey, site: &Site, spec: &ClipSpec<'_>) -> Result<Sealed, ClipError> {
+pub fn cut(
+    store: &Store,
+    key: &DeviceKey,
+    site: &Site,
+    spec: &ClipSpec<'_>,
+) -> Result<Sealed, ClipError> {
     let segs = store.segments_between(spec.camera_id, spec.from_ns, spec.to_ns)?;
     let no_footage = || ClipError::NoFootage {
         camera: spec.camera_id.to_string(),
@@ -82,7 +94,11 @@ pub fn cut(store: &Store, key: &DeviceKey, site: &Site, spec: &ClipSpec<'_>) -> 
         }
         // Start: the keyframe at or before the window start (else the segment's first).
         let start = if first_frame.is_none() {
-            let k = kfs.iter().rev().find(|k| k.0 <= spec.from_ns).unwrap_or(&kfs[0]);
+            let k = kfs
+                .iter()
+                .rev()
+                .find(|k| k.0 <= spec.from_ns)
+                .unwrap_or(&kfs[0]);
             first_frame = Some(k.0);
             k.1
         } else {
@@ -90,16 +106,26 @@ pub fn cut(store: &Store, key: &DeviceKey, site: &Site, spec: &ClipSpec<'_>) -> 
         };
         // End: just before the first keyframe after the window, so the clip ends within
         // one GOP after the requested end.
-        let end = kfs.iter().find(|k| k.0 > spec.to_ns && k.1 > start).map(|k| k.1).unwrap_or(seg.bytes);
+        let end = kfs
+            .iter()
+            .find(|k| k.0 > spec.to_ns && k.1 > start)
+            .map(|k| k.1)
+            .unwrap_or(seg.bytes);
         if end > start {
-            slices.push(TsSlice { path: store.data_dir().join(&seg.path), start, end: Some(end) });
+            slices.push(TsSlice {
+                path: store.data_dir().join(&seg.path),
+                start,
+                end: Some(end),
+            });
             codec_hint.get_or_insert(seg.codec.clone());
         }
         if end < seg.bytes || i + 1 == segs.len() {
             break;
         }
     }
-    let Some(first_ns) = first_frame else { return Err(no_footage()) };
+    let Some(first_ns) = first_frame else {
+        return Err(no_footage());
+    };
     if slices.is_empty() {
         return Err(no_footage());
     }
@@ -109,7 +135,10 @@ pub fn cut(store: &Store, key: &DeviceKey, site: &Site, spec: &ClipSpec<'_>) -> 
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    let info = remux_ts_to_mp4(&slices, &path).map_err(|e| ClipError::Cut { camera: spec.camera_id.to_string(), detail: e.to_string() })?;
+    let info = remux_ts_to_mp4(&slices, &path).map_err(|e| ClipError::Cut {
+        camera: spec.camera_id.to_string(),
+        detail: e.to_string(),
+    })?;
     let last_ns = first_ns + info.span().as_nanos() as i64;
 
     let gaps = store
@@ -126,10 +155,19 @@ pub fn cut(store: &Store, key: &DeviceKey, site: &Site, spec: &ClipSpec<'_>) -> 
         schema: SCHEMA.to_string(),
         site_id: site.site_id.clone(),
         device_id: site.device_id.clone(),
-        camera: CameraRef { id: spec.camera_id.to_string(), name: spec.camera_name.to_string() },
+        camera: CameraRef {
+            id: spec.camera_id.to_string(),
+            name: spec.camera_name.to_string(),
+        },
         event: spec.event.clone(),
-        requested: Requested { from: utc(spec.from_ns), to: utc(spec.to_ns) },
-        actual: Actual { first_frame: utc(first_ns), last_frame: utc(last_ns) },
+        requested: Requested {
+            from: utc(spec.from_ns),
+            to: utc(spec.to_ns),
+        },
+        actual: Actual {
+            first_frame: utc(first_ns),
+            last_frame: utc(last_ns),
+        },
         codec: info.codec.as_str().to_string(),
         width: info.width,
         height: info.height,
@@ -141,16 +179,29 @@ pub fn cut(store: &Store, key: &DeviceKey, site: &Site, spec: &ClipSpec<'_>) -> 
     };
     m.sign(key);
     let manifest_path = m.write_sidecar(&path)?;
-    Ok(Sealed { rel_path: rel, path, manifest_path, manifest: m })
+    Ok(Sealed {
+        rel_path: rel,
+        path,
+        manifest_path,
+        manifest: m,
+    })
 }
 
 pub fn event_ref(uid: &str, kind: EventKind, test: bool) -> EventRef {
-    EventRef { id: uid.to_string(), kind, test }
+    EventRef {
+        id: uid.to_string(),
+        kind,
+        test,
+    }
 }
 
 /// Where an exported copy goes: `DIR/<clip>.mp4` and its manifest.
 pub fn export_paths(dir: &Path, sealed: &Sealed) -> (PathBuf, PathBuf) {
-    let name = sealed.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = sealed
+        .path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let clip = dir.join(&name);
     (clip.clone(), super::manifest::sidecar_path(&clip))
 }

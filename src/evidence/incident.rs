@@ -46,12 +46,20 @@ pub fn utc_str(ns: i64) -> String {
 fn new_uid(prefix: &str, at_ns: i64) -> String {
     let mut r = [0u8; 3];
     let _ = getrandom::fill(&mut r);
-    format!("{prefix}-{}-{}", clip::utc(at_ns).format("%Y%m%dT%H%M%S%3fZ"), hex::encode(r))
+    format!(
+        "{prefix}-{}-{}",
+        clip::utc(at_ns).format("%Y%m%dT%H%M%S%3fZ"),
+        hex::encode(r)
+    )
 }
 
 impl Incidents {
     /// Handles one button signal; returns the event uid for presses and faults.
-    pub async fn on_signal(self: &Arc<Self>, sig: Signal, config: &Config) -> anyhow::Result<Option<String>> {
+    pub async fn on_signal(
+        self: &Arc<Self>,
+        sig: Signal,
+        config: &Config,
+    ) -> anyhow::Result<Option<String>> {
         let (kind, alert) = match sig.event {
             ButtonEvent::Pressed { .. } => ("isb_press", true),
             ButtonEvent::StuckFault { .. } => ("stuck_fault", true),
@@ -59,11 +67,15 @@ impl Incidents {
             ButtonEvent::StuckCleared { .. } => ("stuck_cleared", false),
             ButtonEvent::WiringRestored { .. } => ("wiring_restored", false),
             ButtonEvent::Released { .. } => {
-                let _ = self.watch.send(json!({ "at": utc_str(sig.utc_ns), "button": sig.button, "kind": "released" }));
+                let _ = self.watch.send(
+                    json!({ "at": utc_str(sig.utc_ns), "button": sig.button, "kind": "released" }),
+                );
                 return Ok(None);
             }
         };
-        let Some(button) = config.button(&sig.button) else { return Ok(None) };
+        let Some(button) = config.button(&sig.button) else {
+            return Ok(None);
+        };
         let uid = new_uid("evt", sig.utc_ns);
         let clips: Vec<NewClip> = if kind == "isb_press" {
             button
@@ -105,7 +117,13 @@ impl Incidents {
         let limits = self.limits;
         let topic = if alert { Some("alert") } else { None };
         tokio::task::spawn_blocking(move || {
-            store.record_event(&ev, topic.map(|t| (t, bytes.as_slice())), &clips, limits, now_ns())
+            store.record_event(
+                &ev,
+                topic.map(|t| (t, bytes.as_slice())),
+                &clips,
+                limits,
+                now_ns(),
+            )
         })
         .await??;
         tracing::warn!(event = %uid, button = %sig.button, kind, test = sig.test, "button event recorded");
@@ -119,10 +137,15 @@ impl Incidents {
 
     /// Cuts pending clips as their windows complete. Runs until shutdown; jobs left
     /// pending by a restart are picked up again at start.
-    pub async fn run_clip_jobs(self: Arc<Self>, config: impl Fn() -> Config + Send + 'static, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_clip_jobs(
+        self: Arc<Self>,
+        config: impl Fn() -> Config + Send + 'static,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         loop {
             let store = self.store.clone();
-            let pending = tokio::task::spawn_blocking(move || store.clips_in_state("pending")).await;
+            let pending =
+                tokio::task::spawn_blocking(move || store.clips_in_state("pending")).await;
             let pending = match pending {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
@@ -153,7 +176,9 @@ impl Incidents {
             for t in tasks {
                 let _ = t.await;
             }
-            let wait = next_due.map(|d| Duration::from_nanos((d - now_ns()).max(0) as u64)).unwrap_or(Duration::from_secs(60));
+            let wait = next_due
+                .map(|d| Duration::from_nanos((d - now_ns()).max(0) as u64))
+                .unwrap_or(Duration::from_secs(60));
             tokio::select! {
                 _ = crate::daemon::stopped(&mut shutdown) => return,
                 _ = self.clips_changed.notified() => {}
@@ -177,12 +202,17 @@ impl Incidents {
         let recorder = self.recorder.clone();
         let key = self.key.clone();
         let site = cfg.site.clone();
-        let name = cfg.camera(&job.camera).map(|c| c.name.clone()).unwrap_or_default();
+        let name = cfg
+            .camera(&job.camera)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
         let limits = self.limits;
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
             recorder.sync_now(&job.camera);
             let ev = job.event.and_then(|e| store.event_by_id(e).ok().flatten());
-            let (ev_uid, test) = ev.map(|e| (e.uid, e.test)).unwrap_or_else(|| (job.uid.clone(), false));
+            let (ev_uid, test) = ev
+                .map(|e| (e.uid, e.test))
+                .unwrap_or_else(|| (job.uid.clone(), false));
             let spec = ClipSpec {
                 uid: &job.uid,
                 camera_id: &job.camera,
@@ -213,7 +243,12 @@ impl Incidents {
                 }
                 Err(e) => {
                     store.fail_clip(job.id, &e.to_string())?;
-                    store.health_event(now_ns(), "clip_failed", Some(&job.camera), &e.to_string())?;
+                    store.health_event(
+                        now_ns(),
+                        "clip_failed",
+                        Some(&job.camera),
+                        &e.to_string(),
+                    )?;
                     Err(e.into())
                 }
             }
@@ -223,7 +258,9 @@ impl Incidents {
             Ok(Ok(path)) => {
                 tracing::info!(clip = %path, ms = started.elapsed().as_millis() as u64, "evidence clip sealed");
                 self.outbox_changed.notify_one();
-                let _ = self.watch.send(json!({ "at": utc_str(now_ns()), "kind": "clip_sealed", "path": path }));
+                let _ = self
+                    .watch
+                    .send(json!({ "at": utc_str(now_ns()), "kind": "clip_sealed", "path": path }));
             }
             Ok(Err(e)) => tracing::error!("evidence clip failed: {e:#}"),
             Err(e) => tracing::error!("evidence clip task failed: {e}"),

@@ -174,7 +174,10 @@ impl Store {
         let r = (|| {
             let tx = c.transaction()?;
             // The clip file now holds the footage: its source segments may age out again.
-            tx.execute("DELETE FROM retention_lock WHERE id = (SELECT lock_id FROM clip WHERE id = ?1)", [id])?;
+            tx.execute(
+                "DELETE FROM retention_lock WHERE id = (SELECT lock_id FROM clip WHERE id = ?1)",
+                [id],
+            )?;
             tx.execute(
                 "UPDATE clip SET state = 'sealed', path = ?2, sha256 = ?3, bytes = ?4, sealed_ns = ?5, error = NULL, lock_id = NULL WHERE id = ?1",
                 params![id, path, sha256, bytes as i64, now_ns],
@@ -188,7 +191,13 @@ impl Store {
     }
 
     /// A manual export's clip row; `seal_clip` or `fail_clip` finishes it.
-    pub fn insert_clip(&self, clip: &NewClip, event: Option<i64>, lock_id: Option<i64>, now_ns: i64) -> Result<i64> {
+    pub fn insert_clip(
+        &self,
+        clip: &NewClip,
+        event: Option<i64>,
+        lock_id: Option<i64>,
+        now_ns: i64,
+    ) -> Result<i64> {
         let c = self.conn();
         self.sq(c.execute(
             "INSERT INTO clip(uid, event, camera, from_ns, to_ns, state, lock_id, created_ns) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
@@ -199,10 +208,13 @@ impl Store {
 
     pub fn event_by_id(&self, id: i64) -> Result<Option<EventRow>> {
         let c = self.conn();
-        self.sq(
-            c.query_row("SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE id = ?1", [id], event_row)
-                .optional(),
-        )
+        self.sq(c
+            .query_row(
+                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE id = ?1",
+                [id],
+                event_row,
+            )
+            .optional())
     }
 
     /// A clip that could not be cut keeps its lock, so the footage stays for a manual export.
