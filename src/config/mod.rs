@@ -247,6 +247,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
+            // Line 0: the file as a whole (unreadable); there is no position to point at.
+            if p.line == 0 {
+                write!(f, "{}: {}", self.file.display(), p.message)?;
+                continue;
+            }
             let field = if p.field.is_empty() {
                 "(file)"
             } else {
