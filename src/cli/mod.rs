@@ -90,13 +90,20 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Config(ConfigCmd::Reload) => {
-            let v = args.client().call("POST", "/v1/config/reload", None)?;
+            // The daemon answers 422 when it refuses the file: that is a config error (78).
+            let v = args
+                .client()
+                .call("POST", "/v1/config/reload", None)
+                .map_err(|e| match exit::code_of(&e) {
+                    exit::DATAERR => exit::coded(exit::CONFIG, e.to_string()),
+                    _ => e,
+                })?;
             let changed = v["changed"].as_bool().unwrap_or(false);
             println!(
                 "config {} (version {}, was {})",
                 if changed { "reloaded" } else { "unchanged" },
-                v["version"],
-                v["previous"]
+                v["version"].as_str().unwrap_or("?"),
+                v["previous"].as_str().unwrap_or("?")
             );
             Ok(exit::OK)
         }
