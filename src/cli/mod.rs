@@ -63,11 +63,14 @@ impl Args {
     fn client(&self) -> Client {
         let socket = self.socket.clone().unwrap_or_else(|| {
             // The config may be unreadable to a technician; the default path still works.
+            // It may also be invalid (that is when `config reload` is run to find out), so
+            // only control.socket is read, not the whole file validated.
             let base = self.config.parent().unwrap_or(Path::new("."));
             std::fs::read_to_string(&self.config)
                 .ok()
-                .and_then(|t| Config::parse(&t, base).ok())
-                .map(|c| c.control.socket)
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| Some(PathBuf::from(t.get("control")?.get("socket")?.as_str()?)))
+                .map(|p| base.join(p))
                 .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
         });
         Client::new(&socket)
