@@ -189,6 +189,8 @@ async fn reload_inner(state: &Arc<State>, path: &Path) -> Result<ReloadOutcome> 
         a.storage.data_dir == b.storage.data_dir
             && a.control.socket == b.control.socket
             && a.control.group == b.control.group
+            // The socket's access check is built once, at start-up.
+            && a.control.allowed_uids == b.control.allowed_uids
     };
     if !fixed(&old.config, &new.config) {
         return Err(coded(
