@@ -396,5 +396,15 @@ fn config_reload_command_reports_versions_and_refusals() {
     assert!(out.stderr.contains("restart"), "{}", out.stderr);
     assert_eq!(site.status()["config"]["version"], v2.as_str());
     assert!(!site.path("data-moved").exists());
+
+    // So do control.* settings, allowed_uids included (access is fixed at start-up).
+    site.write_config(&config(2).replace(
+        "socket = \"control.sock\"",
+        "socket = \"control.sock\"\nallowed_uids = [4242]",
+    ));
+    let out = site.cli(&["config", "reload"]);
+    out.expect(78);
+    assert!(out.stderr.contains("restart"), "{}", out.stderr);
+    assert_eq!(site.status()["config"]["version"], v2.as_str());
     assert!(d.is_running());
 }
