@@ -100,7 +100,7 @@ pub enum BindError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("control.group {0:?} does not exist on this system")]
+    #[error("group {0:?} does not exist on this system")]
     NoSuchGroup(String),
 }
 
