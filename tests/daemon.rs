@@ -97,6 +97,98 @@ fn status_answers_in_text_json_and_over_curl() {
 }
 
 #[test]
+fn socket_access_is_checked_by_file_mode_and_peer_credentials() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a client as another user; skipping");
+        return;
+    }
+    const NOBODY: (u32, u32) = (65534, 65534);
+    let group_name = |gid: u32| {
+        let g = unsafe { libc::getgrgid(gid) };
+        assert!(!g.is_null(), "no group {gid}");
+        unsafe { std::ffi::CStr::from_ptr((*g).gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let open_up = |site: &Site| {
+        fs::set_permissions(site.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    };
+
+    // No group: the 0660 root-owned socket keeps other users out at connect().
+    let site = Site::with_cameras(1);
+    open_up(&site);
+    let d = site.start();
+    let sock = site.socket();
+    let status_as_nobody = || {
+        run_as(
+            Some(NOBODY),
+            &["--socket", sock.to_str().unwrap(), "status"],
+        )
+    };
+    let out = status_as_nobody();
+    out.expect(77);
+    assert!(
+        out.stderr
+            .contains(&format!("permission denied on {}", sock.display())),
+        "{}",
+        out.stderr
+    );
+    // With the file mode opened up, the daemon's own peer-credential check still refuses.
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = status_as_nobody();
+    out.expect(77);
+    assert!(
+        out.stderr
+            .contains("uid 65534 is not allowed to use the storeguard control socket"),
+        "{}",
+        out.stderr
+    );
+    d.wait_log("control request refused");
+    if have_curl() {
+        let (code, body) = curl(&sock, &[], "/v1/status");
+        assert_eq!(code, 200, "root is always allowed: {body}");
+    }
+
+    // control.group: the socket gets that group, and its members are let in.
+    let grouped = Site::new();
+    open_up(&grouped);
+    let name = group_name(NOBODY.1);
+    grouped.write_config(&config(1).replace(
+        "socket = \"control.sock\"",
+        &format!("socket = \"control.sock\"\ngroup = \"{name}\""),
+    ));
+    let _g = grouped.start();
+    let meta = fs::metadata(grouped.socket()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), NOBODY.1);
+    let gsock = grouped.socket();
+    let out = run_as(
+        Some(NOBODY),
+        &["--socket", gsock.to_str().unwrap(), "status", "--json"],
+    );
+    out.expect(0);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["site_id"], "test-store");
+}
+
+#[test]
+fn unknown_control_group_exits_78() {
+    let site = Site::new();
+    site.write_config(&config(1).replace(
+        "socket = \"control.sock\"",
+        "socket = \"control.sock\"\ngroup = \"no-such-group-sg\"",
+    ));
+    let out = site.run_daemon_expecting_exit(&site.config_path(), "daemon");
+    out.expect(78);
+    assert!(
+        out.stderr
+            .contains("control.group: group \"no-such-group-sg\" does not exist"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn second_daemon_on_the_same_data_dir_exits_75_and_leaves_the_first_alone() {
     let site = Site::with_cameras(1);
     let mut first = site.start();

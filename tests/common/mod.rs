@@ -114,9 +114,19 @@ pub fn command() -> Command {
 
 /// Runs the binary to completion (it must finish within DEADLINE).
 pub fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Out {
+    run_as(None, args)
+}
+
+/// Like `run`, as another user (uid and gid) when given; needs root.
+pub fn run_as<S: AsRef<std::ffi::OsStr>>(user: Option<(u32, u32)>, args: &[S]) -> Out {
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = command()
+    let mut cmd = command();
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd
         .args(args)
         .stdout(fs::File::create(&out).unwrap())
         .stderr(fs::File::create(&err).unwrap())
