@@ -21,7 +21,12 @@ fn main() -> ExitCode {
 }
 
 fn report(e: &anyhow::Error) {
-    // Config errors are already one line per problem, `file:line:col: field: msg`.
+    // Config errors are already one line per problem, `file:line:col: field: msg`; a
+    // prefix on the first line only would break editors and scripts that parse them.
+    if let Some(c) = e.downcast_ref::<storeguard::config::ConfigError>() {
+        eprintln!("{c}");
+        return;
+    }
     eprintln!("storeguard: error: {e}");
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {cause}");

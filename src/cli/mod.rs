@@ -129,11 +129,14 @@ impl Args {
     fn client(&self) -> Client {
         let socket = self.socket.clone().unwrap_or_else(|| {
             // The config may be unreadable to a technician; the default path still works.
+            // It may also be invalid (that is when `config reload` is run to find out), so
+            // only control.socket is read, not the whole file validated.
             let base = self.config.parent().unwrap_or(Path::new("."));
             std::fs::read_to_string(&self.config)
                 .ok()
-                .and_then(|t| Config::parse(&t, base).ok())
-                .map(|c| c.control.socket)
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| Some(PathBuf::from(t.get("control")?.get("socket")?.as_str()?)))
+                .map(|p| base.join(p))
                 .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
         });
         Client::new(&socket)
@@ -217,13 +220,20 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Config(ConfigCmd::Reload) => {
-            let v = args.client().call("POST", "/v1/config/reload", None)?;
+            // The daemon answers 422 when it refuses the file: that is a config error (78).
+            let v = args
+                .client()
+                .call("POST", "/v1/config/reload", None)
+                .map_err(|e| match exit::code_of(&e) {
+                    exit::DATAERR => exit::coded(exit::CONFIG, e.to_string()),
+                    _ => e,
+                })?;
             let changed = v["changed"].as_bool().unwrap_or(false);
             println!(
                 "config {} (version {}, was {})",
                 if changed { "reloaded" } else { "unchanged" },
-                v["version"],
-                v["previous"]
+                v["version"].as_str().unwrap_or("?"),
+                v["previous"].as_str().unwrap_or("?")
             );
             Ok(exit::OK)
         }

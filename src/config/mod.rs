@@ -260,6 +260,11 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
+            // Line 0: the file as a whole (unreadable); there is no position to point at.
+            if p.line == 0 {
+                write!(f, "{}: {}", self.file.display(), p.message)?;
+                continue;
+            }
             let field = if p.field.is_empty() {
                 "(file)"
             } else {
@@ -333,9 +338,15 @@ impl Config {
         let mut config: Config = match toml::from_str(text) {
             Ok(c) => c,
             Err(e) => {
-                let offset = e.span().map(|s| s.start).unwrap_or(0);
-                let (line, column) = idx.line_col(offset);
-                let field = idx.path_at(offset).unwrap_or("").to_string();
+                let span = e.span().unwrap_or(0..0);
+                let (line, column) = idx.line_col(span.start);
+                // An empty span at 0 is the root table (a missing section), not whatever
+                // table happens to start the file.
+                let field = if span == (0..0) {
+                    String::new()
+                } else {
+                    idx.path_at(span.start).unwrap_or("").to_string()
+                };
                 return Err(vec![Problem {
                     line,
                     column,
@@ -737,6 +748,15 @@ cameras = ["cam1", "cam2"]
         assert_eq!((p[0].line, p[0].column), (16, 6));
         assert!(p[0].message.contains("duplicate camera id"));
         assert!(p[1].message.contains("no camera with id \"cam9\""));
+    }
+
+    #[test]
+    fn missing_section_is_not_blamed_on_the_first_table() {
+        let p = problems("[site]\nsite_id = \"a\"\ndevice_id = \"b\"\n");
+        assert_eq!((p[0].line, p[0].field.as_str()), (1, ""), "{p:?}");
+        assert!(p[0].message.contains("missing field `storage`"), "{p:?}");
+        let p = problems(&GOOD.replace("device_id = \"box-a\"\n", ""));
+        assert_eq!((p[0].line, p[0].field.as_str()), (2, "site"), "{p:?}");
     }
 
     #[test]

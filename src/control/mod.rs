@@ -95,12 +95,14 @@ impl Access {
 pub enum BindError {
     #[error("control socket {0} is in use by a running process (another storeguard?)")]
     InUse(PathBuf),
+    #[error("control socket {0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("control.group {0:?} does not exist on this system")]
+    #[error("group {0:?} does not exist on this system")]
     NoSuchGroup(String),
 }
 
@@ -127,7 +129,12 @@ impl Listener {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a dead socket is ours to replace; any other file is a config mistake.
+            if !meta.file_type().is_socket() {
+                return Err(BindError::NotASocket(path.to_path_buf()));
+            }
             if UnixStream::connect(path).await.is_ok() {
                 return Err(BindError::InUse(path.to_path_buf()));
             }

@@ -63,6 +63,9 @@ pub fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn run_async(loaded: Loaded) -> Result<()> {
+    // Before anything else: systemd may send SIGHUP (reload) or SIGTERM as soon as it
+    // sees READY, and an uninstalled handler means the default action, death.
+    let signals = Signals::install()?;
     let cfg = loaded.config.clone();
     tracing::info!(version = crate::VERSION, config = %loaded.path.display(), config_version = %loaded.version,
         site = %cfg.site.site_id, device = %cfg.site.device_id, "storeguard starting");
@@ -157,7 +160,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     ]);
     tracing::info!(socket = %cfg.control.socket.display(), "ready");
 
-    wait_for_stop(&state).await?;
+    wait_for_stop(&state, signals).await;
 
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
     tracing::info!("shutting down");
@@ -187,11 +190,30 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     Ok(())
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let s = |k| signal(k).context("installing signal handlers");
+        Ok(Signals {
+            term: s(SignalKind::terminate())?,
+            int: s(SignalKind::interrupt())?,
+            hup: s(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM/SIGINT; handles SIGHUP reloads meanwhile.
-async fn wait_for_stop(state: &Arc<State>) -> Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+async fn wait_for_stop(state: &Arc<State>, signals: Signals) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -212,7 +234,6 @@ async fn wait_for_stop(state: &Arc<State>) -> Result<()> {
         tracing::warn!("second signal: exiting without draining");
         std::process::exit(EXIT_INTERRUPTED);
     });
-    Ok(())
 }
 
 /// Re-reads the config file; on any problem the running config stays as it is.
@@ -242,6 +263,8 @@ async fn reload_inner(state: &Arc<State>, path: &Path) -> Result<ReloadOutcome> 
         a.storage.data_dir == b.storage.data_dir
             && a.control.socket == b.control.socket
             && a.control.group == b.control.group
+            // The socket's access check is built once, at start-up.
+            && a.control.allowed_uids == b.control.allowed_uids
     };
     if !fixed(&old.config, &new.config) {
         return Err(coded(

@@ -106,8 +106,9 @@ impl Store {
         let path = self.inner.db_path.clone();
         let mut c = self.conn();
         let corrupt = |e: rusqlite::Error| classify(&path, e);
-        // FULL: a commit that returned is on disk. The outbox promises exactly that.
-        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
+        // Identify the file before anything that writes: switching journal_mode rewrites
+        // the header, and a foreign database must be left byte-for-byte as it was.
+        c.execute_batch("PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
             .map_err(corrupt)?;
         let app_id: i32 = c
             .query_row("PRAGMA application_id", [], |r| r.get(0))
@@ -125,6 +126,9 @@ impl Store {
                 detail: format!("application_id {app_id:#x}, {tables} tables of another program"),
             });
         }
+        // FULL: a commit that returned is on disk. The outbox promises exactly that.
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+            .map_err(corrupt)?;
         if app_id == 0 {
             c.execute_batch(&format!("PRAGMA application_id={APPLICATION_ID};"))
                 .map_err(corrupt)?;
@@ -301,8 +305,14 @@ mod tests {
         let c = Connection::open(&db).unwrap();
         c.execute_batch("CREATE TABLE recipes(x)").unwrap();
         drop(c);
+        let before = fs::read(&db).unwrap();
         let e = Store::open(d.path()).err().unwrap();
         assert!(e.to_string().contains("not a storeguard database"), "{e}");
+        assert_eq!(
+            fs::read(&db).unwrap(),
+            before,
+            "foreign database was modified"
+        );
     }
 
     #[test]
