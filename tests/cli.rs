@@ -126,6 +126,7 @@ url = "rtsp://10.0.0.6:8554/main"
 name = "till"
 chip = "sim"
 line = 0
+wiring = "normally-open"
 cameras = ["cam1", "cam2"]
 pre_roll = "30s"
 "#;
@@ -517,12 +518,12 @@ fn config_show_masks_passwords_and_fills_in_defaults() {
         "enabled = true".into(),
         "weight = 1.0".into(),
         "active_low = false".into(),
-        "bias = \"pull-up\"".into(),
+        "bias = \"as-is\"".into(),
         "wiring = \"normally-open\"".into(),
-        "debounce = \"30ms\"".into(),
+        "debounce = \"20ms\"".into(),
         "pre_roll = \"30s\"".into(),
         "post_roll = \"1m\"".into(),
-        "stuck_after = \"30s\"".into(),
+        "stuck_after = \"1m\"".into(),
     ] {
         assert!(shown.contains(&expect), "missing {expect:?} in:\n{shown}");
     }

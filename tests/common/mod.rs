@@ -52,7 +52,7 @@ socket = "{socket}"
             .map(|i| format!("\"cam{i}\""))
             .collect();
         s.push_str(&format!(
-            "\n[[buttons]]\nname = \"till\"\nchip = \"sim\"\nline = 0\ncameras = [{}]\n",
+            "\n[[buttons]]\nname = \"till\"\nchip = \"sim\"\nline = 0\nwiring = \"normally-open\"\ncameras = [{}]\n",
             cams.join(", ")
         ));
     }
