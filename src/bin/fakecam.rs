@@ -202,6 +202,27 @@ struct Hub {
     codec: Codec,
     caps: Mutex<Option<gst::Caps>>,
     subs: Mutex<Vec<Sub>>,
+    timeline: Mutex<Timeline>,
+}
+
+/// Makes the encoder's running time gapless and monotonic across file loops: a
+/// non-flushing segment seek restarts running time at the last frame's start, not its end.
+#[derive(Default)]
+struct Timeline {
+    shift: gst::ClockTime,
+    next: Option<gst::ClockTime>,
+}
+
+impl Timeline {
+    fn place(&mut self, rt: gst::ClockTime, duration: Option<gst::ClockTime>) -> gst::ClockTime {
+        let mut t = rt + self.shift;
+        if let Some(next) = self.next.filter(|n| t < *n) {
+            self.shift += next - t;
+            t = next;
+        }
+        self.next = Some(t + duration.unwrap_or(gst::ClockTime::ZERO));
+        t
+    }
 }
 
 impl Hub {
@@ -210,6 +231,7 @@ impl Hub {
             codec,
             caps: Mutex::new(None),
             subs: Mutex::new(Vec::new()),
+            timeline: Mutex::new(Timeline::default()),
         })
     }
 
@@ -217,7 +239,9 @@ impl Hub {
         lock(&self.caps).clone()
     }
 
-    fn on_sample(&self, sample: &gst::Sample) {
+    /// Takes one encoder output; `pace` (file sources) waits until its running time first,
+    /// as a synchronising sink would.
+    fn on_sample(&self, sink: &gst_app::AppSink, sample: &gst::Sample, pace: bool) {
         if let Some(caps) = sample.caps() {
             let mut cur = lock(&self.caps);
             if cur.as_ref().is_none_or(|c| c != caps) {
@@ -231,7 +255,11 @@ impl Hub {
         let rt = sample
             .segment()
             .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
-            .and_then(|seg| seg.to_running_time(buf.pts()));
+            .and_then(|seg| seg.to_running_time(buf.pts()))
+            .map(|rt| lock(&self.timeline).place(rt, buf.duration()));
+        if pace && let (Some(rt), Some(clock), Some(base)) = (rt, sink.clock(), sink.base_time()) {
+            let _ = clock.new_single_shot_id(base + rt).wait();
+        }
         self.push(buf, rt);
     }
 
@@ -264,8 +292,10 @@ impl Hub {
                 _ => now.nseconds(),
             };
             let mut ts = gst::ClockTime::from_nseconds(mapped);
+            // Two access units with one RTP timestamp: the client's h264parse drops the
+            // second one's PTS.
             if let Some(last) = s.last.filter(|l| ts <= *l) {
-                ts = last + gst::ClockTime::from_nseconds(1);
+                ts = last + gst::ClockTime::MSECOND;
             }
             let mut out = buf.copy();
             {
@@ -502,7 +532,11 @@ fn run(args: &Args) -> Result<()> {
     if args.fps == 0 || args.gop == 0 || args.bitrate == 0 {
         bail!("--fps, --gop and --bitrate must be positive");
     }
-    if args.width < 16 || args.height < 16 || args.width % 2 != 0 || args.height % 2 != 0 {
+    if args.width < 16
+        || args.height < 16
+        || !args.width.is_multiple_of(2)
+        || !args.height.is_multiple_of(2)
+    {
         bail!(
             "--width/--height must be even and at least 16 (got {}x{})",
             args.width,
@@ -744,7 +778,7 @@ fn test_desc(codec: Codec, args: &Args) -> String {
 
 fn file_desc(cached: &Path, codec: Codec) -> Result<String> {
     Ok(format!(
-        "filesrc location={} ! qtdemux ! {} config-interval=-1 ! {} ! appsink name=sink sync=true max-buffers=8",
+        "filesrc location={} ! qtdemux ! {} config-interval=-1 ! {} ! appsink name=sink sync=false max-buffers=8",
         quote(cached)?,
         codec.parser(),
         codec.parsed_caps()
@@ -779,20 +813,16 @@ fn start_encoder(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                hub.on_sample(&sample);
+                hub.on_sample(sink, &sample, looping);
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
 
-    // The file loops over [0, duration): with an explicit stop each loop's running time
-    // starts where the previous one ended, not one frame early.
-    let mut duration = gst::ClockTime::NONE;
     if looping {
         pipeline.set_state(gst::State::Paused)?;
         let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
         res.context("prerolling the file source")?;
-        duration = pipeline.query_duration::<gst::ClockTime>();
     }
 
     let weak = pipeline.downgrade();
@@ -818,13 +848,13 @@ fn start_encoder(
                 }
                 // Loop the file: a non-flushing segment seek keeps running time monotonic.
                 MessageView::SegmentDone(_) => {
-                    if let Err(e) = loop_seek(&pipeline, gst::SeekFlags::empty(), duration) {
+                    if let Err(e) = loop_seek(&pipeline, gst::SeekFlags::empty()) {
                         warn!("loop seek failed: {e}");
                     }
                 }
                 MessageView::Eos(_) if looping => {
                     warn!("file source hit EOS, restarting it");
-                    let _ = loop_seek(&pipeline, gst::SeekFlags::FLUSH, duration);
+                    let _ = loop_seek(&pipeline, gst::SeekFlags::FLUSH);
                 }
                 MessageView::Eos(_) => {
                     error!("encoder pipeline ended");
@@ -837,31 +867,15 @@ fn start_encoder(
         })?;
 
     if looping {
-        loop_seek(&pipeline, gst::SeekFlags::FLUSH, duration)
-            .context("segment seek on the file source")?;
+        loop_seek(&pipeline, gst::SeekFlags::FLUSH).context("segment seek on the file source")?;
     }
     pipeline.set_state(gst::State::Playing)?;
     Ok((pipeline, watch))
 }
 
-fn loop_seek(
-    pipeline: &gst::Pipeline,
-    flags: gst::SeekFlags,
-    duration: Option<gst::ClockTime>,
-) -> Result<(), glib::BoolError> {
-    let stop_type = if duration.is_some() {
-        gst::SeekType::Set
-    } else {
-        gst::SeekType::None
-    };
-    pipeline.seek(
-        1.0,
-        flags | gst::SeekFlags::SEGMENT,
-        gst::SeekType::Set,
-        gst::ClockTime::ZERO,
-        stop_type,
-        duration,
-    )
+/// Plays the file from the start as a segment, so its end posts SEGMENT_DONE, not EOS.
+fn loop_seek(pipeline: &gst::Pipeline, flags: gst::SeekFlags) -> Result<(), glib::BoolError> {
+    pipeline.seek_simple(flags | gst::SeekFlags::SEGMENT, gst::ClockTime::ZERO)
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -869,13 +883,12 @@ fn default_cache_dir() -> PathBuf {
         return PathBuf::from(x).join("storeguard-fakecam");
     }
     // Next to the build output when run from target/<profile>/.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(target) = exe
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(target) = exe
             .ancestors()
             .find(|a| a.file_name().is_some_and(|n| n == "target"))
-        {
-            return target.join("fakecam-cache");
-        }
+    {
+        return target.join("fakecam-cache");
     }
     PathBuf::from("target/fakecam-cache")
 }
