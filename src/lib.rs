@@ -8,6 +8,8 @@ pub mod control;
 pub mod daemon;
 pub mod evidence;
 pub mod exit;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod logging;
 pub mod recording;
 pub mod store;
