@@ -567,7 +567,7 @@ fn bench_remux_90s_1080p15() {
     let dir = TempDir::new("bench");
     let t = Instant::now();
     gst_launch(&format!(
-        "videotestsrc num-buffers=1350 pattern=ball ! video/x-raw,format=I420,width=1920,height=1080,framerate=15/1 \
+        "videotestsrc num-buffers=1350 pattern=snow ! video/x-raw,format=I420,width=1920,height=1080,framerate=15/1 \
          ! x264enc bitrate=4000 key-int-max=30 speed-preset=ultrafast tune=zerolatency ! h264parse config-interval=-1 \
          ! splitmuxsink muxer-factory=mpegtsmux max-size-time=30000000000 location={}/seg%02d.ts",
         dir.0.display()

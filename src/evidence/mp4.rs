@@ -608,6 +608,8 @@ struct Pes {
     data: Vec<u8>,
     offset: u64,
     discont: bool,
+    /// The adaptation field flagged a random access point (keyframe).
+    random_access: bool,
 }
 
 /// Maps 33-bit source DTS/PTS onto the MP4 timeline (90 kHz ticks, first DTS at 0).
@@ -828,6 +830,7 @@ impl Demuxer {
                 data: Vec::with_capacity(64 * 1024),
                 offset,
                 discont: false,
+                random_access: pkt[3] & 0x20 != 0 && pkt[4] > 0 && pkt[5] & 0x40 != 0,
             });
         }
         // Payload before the first PES start in a slice belongs to a frame we do not have.
@@ -902,6 +905,10 @@ impl Demuxer {
                 (t, t)
             }
         };
+        if self.pushed == 0 && !pes.random_access {
+            tracing::warn!(path = %path.display(), offset = pes.offset,
+                "clip does not start on a keyframe: it will not decode cleanly until the first one");
+        }
         pes.data.drain(..header_end);
         if pes.data.is_empty() {
             return Ok(());
