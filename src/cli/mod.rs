@@ -71,6 +71,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check the box end to end: config, GStreamer, clock, daemon, database, disk,
+    /// cameras, buttons, outbox. Exit 1 when any check fails.
+    Doctor,
     /// Offline checks of evidence clips.
     #[command(subcommand)]
     Evidence(EvidenceCmd),
@@ -199,6 +202,7 @@ pub fn dispatch(args: Args) -> Result<u8> {
             to,
             out,
         } => export(&args, camera, from, to, out),
+        Cmd::Doctor => Ok(doctor(&args)),
         Cmd::Evidence(EvidenceCmd::Verify {
             clip,
             manifest,
@@ -276,6 +280,38 @@ fn export(args: &Args, camera: &str, from: &str, to: &str, out: &Path) -> Result
         println!("gap {} .. {}: {}", g["from"], g["to"], g["reason"]);
     }
     Ok(exit::OK)
+}
+
+fn doctor(args: &Args) -> u8 {
+    let mut failed = false;
+    let mut line = |status: &str, check: &str, detail: &str| {
+        failed |= status == "fail";
+        println!("{:<5} {:<11} {detail}", status.to_uppercase(), check);
+    };
+    match Config::load(&args.config) {
+        Ok(l) => line("ok", "config", &format!("{} valid (version {})", args.config.display(), l.version)),
+        Err(e) => line("fail", "config", &e.to_string()),
+    }
+    match storeguard::camera::init_gstreamer() {
+        Ok(()) => line("ok", "gstreamer", &format!("{} with the elements recording needs", gstreamer::version_string())),
+        Err(e) => line("fail", "gstreamer", &format!("{e:#}")),
+    }
+    let now = chrono::Utc::now();
+    if now.timestamp() < 1_700_000_000 {
+        line("fail", "clock", &format!("system time {now} is before 2023: evidence times would be wrong; fix NTP"));
+    } else {
+        line("ok", "clock", &format!("{} UTC", now.format("%Y-%m-%d %H:%M:%S")));
+    }
+    match args.client().call("GET", "/v1/doctor", None) {
+        Ok(v) => {
+            line("ok", "daemon", "answering on the control socket");
+            for c in v["checks"].as_array().into_iter().flatten() {
+                line(c["status"].as_str().unwrap_or("?"), c["check"].as_str().unwrap_or("?"), c["detail"].as_str().unwrap_or(""));
+            }
+        }
+        Err(e) => line("fail", "daemon", &format!("{e:#}")),
+    }
+    if failed { exit::FAILURE } else { exit::OK }
 }
 
 fn validate(paths: &[PathBuf]) -> u8 {

@@ -17,6 +17,7 @@ impl Service for Api {
             match (req.method.as_str(), segs.as_slice()) {
                 ("GET", ["v1", "status"]) => self.status(),
                 ("GET", ["v1", "cameras"]) => self.cameras().await,
+                ("GET", ["v1", "doctor"]) => self.doctor().await,
                 ("GET", ["v1", "buttons"]) => {
                     Response::ok(json!({ "buttons": self.buttons().status() }))
                 }
@@ -47,6 +48,61 @@ impl Service for Api {
 }
 
 impl Api {
+    /// Server-side health checks for `storeguard doctor`: each is (status, check, detail).
+    async fn doctor(&self) -> Response {
+        let s = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut checks = Vec::new();
+            let mut add = |status: &str, check: &str, detail: String| checks.push(json!({ "status": status, "check": check, "detail": detail }));
+            match s.store.integrity_check() {
+                Ok(p) if p.is_empty() => add("ok", "database", format!("integrity ok, schema v{}", s.store.schema_version().unwrap_or(-1))),
+                Ok(p) => add("fail", "database", p.join("; ")),
+                Err(e) => add("fail", "database", e.to_string()),
+            }
+            let ring = s.recorder.ring_status();
+            let free_pct = if ring.fs_total_bytes > 0 { ring.fs_free_bytes as f64 * 100.0 / ring.fs_total_bytes as f64 } else { 0.0 };
+            add(
+                if ring.locked_over_budget { "fail" } else if free_pct < 2.0 { "warn" } else { "ok" },
+                "disk",
+                format!(
+                    "{:.1} GiB used of {:.1} GiB budget, {:.1} GiB locked, {:.1}% of the filesystem free",
+                    ring.used_bytes as f64 / 1073741824.0,
+                    ring.budget_bytes as f64 / 1073741824.0,
+                    ring.locked_bytes as f64 / 1073741824.0,
+                    free_pct
+                ),
+            );
+            let target = s.config().config.health.retention_target_days;
+            for (cam, days) in crate::recording::ring::retention_shortfalls(&ring, target) {
+                add("warn", "retention", format!("{cam}: its share holds about {days:.1} days at the current bitrate, target {target}"));
+            }
+            for c in s.cameras.health() {
+                match c.state {
+                    "recording" => add("ok", "camera", format!("{} recording {} {}x{} {:.0} kbit/s", c.id, c.codec.unwrap_or("-"), c.width, c.height, c.bitrate_kbps)),
+                    "disabled" => add("ok", "camera", format!("{} disabled in config", c.id)),
+                    st => add("fail", "camera", format!("{} {st}: {}", c.id, c.last_error.unwrap_or_default())),
+                }
+            }
+            for b in s.buttons.lock().unwrap_or_else(|p| p.into_inner()).status() {
+                let st = if b.state == "failed" || b.state == "stuck" || b.state == "wiring-fault" { "fail" } else { "ok" };
+                add(st, "button", format!("{} ({}): {}{}", b.name, b.source, b.state, b.error.map(|e| format!(": {e}")).unwrap_or_default()));
+            }
+            if let Ok(stats) = s.store.outbox_stats() {
+                let depth: u64 = stats.iter().map(|c| c.depth).sum();
+                let oldest = stats.iter().filter_map(|c| c.oldest_ns).min();
+                let age = oldest.map(|o| (crate::recording::now_ns() - o) / 1_000_000_000).unwrap_or(0);
+                add(if age > 3600 { "warn" } else { "ok" }, "outbox", format!("{depth} queued, oldest {age} s"));
+            }
+            add("ok", "device key", format!("{} ({})", s.incidents.key.key_id(), s.incidents.key.public_key_b64()));
+            checks
+        })
+        .await;
+        match r {
+            Ok(c) => Response::ok(json!({ "checks": c })),
+            Err(e) => Response::error(500, e.to_string()),
+        }
+    }
+
     fn buttons(&self) -> std::sync::MutexGuard<'_, crate::button::service::Buttons> {
         self.state.buttons.lock().unwrap_or_else(|p| p.into_inner())
     }
