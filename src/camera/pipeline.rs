@@ -114,6 +114,14 @@ impl GstCamera {
             on_write_error: self.on_write_error.clone(),
             timeline: Mutex::new(Timeline::new(500_000_000)),
             last_caps: Mutex::new(None),
+            ntp: Mutex::new(NtpMap { source: "arrival", ..Default::default() }),
+        });
+        let c = ctx.clone();
+        src.connect("new-manager", false, move |args| {
+            if let Some(bin) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+                lock(&c.ntp).rtpbin = Some(bin.downgrade());
+            }
+            None
         });
         let pw = p.downgrade();
         src.connect_pad_added(move |_src, pad| {
@@ -134,6 +142,71 @@ struct Ctx {
     on_write_error: Arc<dyn Fn() + Send + Sync>,
     timeline: Mutex<Timeline>,
     last_caps: Mutex<Option<gst::Caps>>,
+    ntp: Mutex<NtpMap>,
+}
+
+/// Camera wall clock from RTCP sender reports: the last SR's (NTP, RTP) pair, plus the
+/// latest (running time, RTP timestamp) pair seen on the RTP packets.
+#[derive(Default)]
+struct NtpMap {
+    rtpbin: Option<gst::glib::WeakRef<gst::Element>>,
+    /// (ntp as unix ns, rtp timestamp, clock rate)
+    sr: Option<(i64, u32, u32)>,
+    /// (running time ns, rtp timestamp) of the latest RTP packet.
+    packet: Option<(i64, u32)>,
+    polled_mono: u64,
+    /// Warned once that the camera clock is off; box time is used meanwhile.
+    skew_warned: bool,
+    source: &'static str,
+}
+
+/// Camera time more than this away from box time is not trusted (camera clocks are
+/// often unset or in the wrong zone); we fall back to arrival time.
+const MAX_CAMERA_SKEW_NS: i64 = 2_000_000_000;
+const NTP_UNIX_OFFSET_S: i64 = 2_208_988_800;
+
+impl NtpMap {
+    /// Refreshes the SR from the RTP session's statistics, at most every 2 s.
+    fn poll_sr(&mut self) {
+        let now = mono_ns();
+        if now.saturating_sub(self.polled_mono) < 2_000_000_000 {
+            return;
+        }
+        self.polled_mono = now;
+        let Some(bin) = self.rtpbin.as_ref().and_then(|w| w.upgrade()) else { return };
+        let session = bin.emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&0u32]);
+        let Some(session) = session else { return };
+        let stats = session.property::<gst::Structure>("stats");
+        let Ok(sources) = stats.get::<gst::glib::ValueArray>("source-stats") else { return };
+        for v in sources.iter() {
+            let Ok(st) = v.get::<gst::Structure>() else { continue };
+            let sender = st.get::<bool>("is-sender").unwrap_or(false);
+            let have_sr = st.get::<bool>("have-sr").unwrap_or(false);
+            if !(sender && have_sr) {
+                continue;
+            }
+            let (Ok(ntp), Ok(rtp), Ok(rate)) =
+                (st.get::<u64>("sr-ntptime"), st.get::<u32>("sr-rtptime"), st.get::<i32>("clock-rate"))
+            else {
+                continue;
+            };
+            if rate <= 0 || ntp == 0 {
+                continue;
+            }
+            let secs = (ntp >> 32) as i64 - NTP_UNIX_OFFSET_S;
+            let frac = ((ntp & 0xFFFF_FFFF) as u128 * 1_000_000_000 / (1u128 << 32)) as i64;
+            self.sr = Some((secs * 1_000_000_000 + frac, rtp, rate as u32));
+        }
+    }
+
+    /// The camera's wall-clock estimate for running time `rt`, if an SR is known.
+    fn camera_utc(&self, rt: i64) -> Option<i64> {
+        let (sr_ns, sr_rtp, rate) = self.sr?;
+        let (pkt_rt, pkt_rtp) = self.packet?;
+        let d_ticks = pkt_rtp.wrapping_sub(sr_rtp) as i32 as i64;
+        let pkt_utc = sr_ns + d_ticks * 1_000_000_000 / rate as i64;
+        Some(pkt_utc + (rt - pkt_rt))
+    }
 }
 
 fn link_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, ctx: Arc<Ctx>) -> Result<(), String> {
@@ -246,9 +319,37 @@ fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
     let clock_now = sink.clock().map(|c| c.time().nseconds() as i64);
     let base = sink.base_time().map(|t| t.nseconds() as i64);
     let now = realtime_ns();
-    let est = match (clock_now, base) {
+    let arrival = match (clock_now, base) {
         (Some(c), Some(b)) => now - (c - (b + dts.unwrap_or(pts))).max(0),
         _ => now,
+    };
+    // Prefer the camera's own clock (RTCP SR) when it agrees with ours within 2 s.
+    let est = {
+        let mut ntp = lock(&ctx.ntp);
+        ntp.poll_sr();
+        match ntp.camera_utc(dts.unwrap_or(pts)) {
+            Some(cam) if (cam - arrival).abs() <= MAX_CAMERA_SKEW_NS => {
+                if ntp.source != "ntp" {
+                    ntp.source = "ntp";
+                    tracing::info!(camera = %ctx.camera, skew_ms = (cam - arrival) / 1_000_000, "using the camera's NTP clock from RTCP sender reports");
+                    lock(&ctx.writer).set_time_source("ntp");
+                }
+                cam
+            }
+            Some(cam) => {
+                if !ntp.skew_warned {
+                    ntp.skew_warned = true;
+                    tracing::warn!(camera = %ctx.camera, skew_s = (cam - arrival) / 1_000_000_000,
+                        "camera clock disagrees with the box clock; recording with box time (set the camera's NTP server)");
+                }
+                if ntp.source != "arrival" {
+                    ntp.source = "arrival";
+                    lock(&ctx.writer).set_time_source("arrival");
+                }
+                arrival
+            }
+            None => arrival,
+        }
     };
     let mapped = lock(&ctx.timeline).map(pts, dts, est);
     if let Some(step) = mapped.step_ns {
