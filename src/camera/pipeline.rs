@@ -114,7 +114,10 @@ impl GstCamera {
             on_write_error: self.on_write_error.clone(),
             timeline: Mutex::new(Timeline::new(500_000_000)),
             last_caps: Mutex::new(None),
-            ntp: Mutex::new(NtpMap { source: "arrival", ..Default::default() }),
+            ntp: Mutex::new(NtpMap {
+                source: "arrival",
+                ..Default::default()
+            }),
         });
         let c = ctx.clone();
         src.connect("new-manager", false, move |args| {
@@ -173,21 +176,30 @@ impl NtpMap {
             return;
         }
         self.polled_mono = now;
-        let Some(bin) = self.rtpbin.as_ref().and_then(|w| w.upgrade()) else { return };
-        let session = bin.emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&0u32]);
+        let Some(bin) = self.rtpbin.as_ref().and_then(|w| w.upgrade()) else {
+            return;
+        };
+        let session =
+            bin.emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&0u32]);
         let Some(session) = session else { return };
         let stats = session.property::<gst::Structure>("stats");
-        let Ok(sources) = stats.get::<gst::glib::ValueArray>("source-stats") else { return };
+        let Ok(sources) = stats.get::<gst::glib::ValueArray>("source-stats") else {
+            return;
+        };
         for v in sources.iter() {
-            let Ok(st) = v.get::<gst::Structure>() else { continue };
+            let Ok(st) = v.get::<gst::Structure>() else {
+                continue;
+            };
             let sender = st.get::<bool>("is-sender").unwrap_or(false);
             let have_sr = st.get::<bool>("have-sr").unwrap_or(false);
             if !(sender && have_sr) {
                 continue;
             }
-            let (Ok(ntp), Ok(rtp), Ok(rate)) =
-                (st.get::<u64>("sr-ntptime"), st.get::<u32>("sr-rtptime"), st.get::<i32>("clock-rate"))
-            else {
+            let (Ok(ntp), Ok(rtp), Ok(rate)) = (
+                st.get::<u64>("sr-ntptime"),
+                st.get::<u32>("sr-rtptime"),
+                st.get::<i32>("clock-rate"),
+            ) else {
                 continue;
             };
             if rate <= 0 || ntp == 0 {
@@ -274,7 +286,32 @@ fn link_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, ctx: Arc<Ctx>) -> Resul
     for e in elems {
         e.sync_state_with_parent().map_err(|e| e.to_string())?;
     }
-    pad.link(&depay.static_pad("sink").unwrap())
+    let depay_sink = depay
+        .static_pad("sink")
+        .ok_or("depayloader without sink pad")?;
+    let c = ctx.clone();
+    depay_sink.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_pad, info| {
+            // Remember (running time, RTP timestamp) so frames can be mapped to the camera's
+            // NTP clock from its sender reports.
+            let last = match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => Some(b.as_ref()),
+                Some(gst::PadProbeData::BufferList(l)) => l.iter().last(),
+                _ => None,
+            };
+            if let Some(buf) = last
+                && let Some(pts) = buf.pts()
+                && let Ok(map) = buf.map_readable()
+                && map.len() >= 8
+            {
+                let rtp = u32::from_be_bytes([map[4], map[5], map[6], map[7]]);
+                lock(&c.ntp).packet = Some((pts.nseconds() as i64, rtp));
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    pad.link(&depay_sink)
         .map(|_| ())
         .map_err(|e| format!("linking camera stream: {e:?}"))
 }

@@ -289,24 +289,47 @@ fn doctor(args: &Args) -> u8 {
         println!("{:<5} {:<11} {detail}", status.to_uppercase(), check);
     };
     match Config::load(&args.config) {
-        Ok(l) => line("ok", "config", &format!("{} valid (version {})", args.config.display(), l.version)),
+        Ok(l) => line(
+            "ok",
+            "config",
+            &format!("{} valid (version {})", args.config.display(), l.version),
+        ),
         Err(e) => line("fail", "config", &e.to_string()),
     }
     match storeguard::camera::init_gstreamer() {
-        Ok(()) => line("ok", "gstreamer", &format!("{} with the elements recording needs", gstreamer::version_string())),
+        Ok(()) => line(
+            "ok",
+            "gstreamer",
+            &format!(
+                "{} with the elements recording needs",
+                gstreamer::version_string()
+            ),
+        ),
         Err(e) => line("fail", "gstreamer", &format!("{e:#}")),
     }
     let now = chrono::Utc::now();
     if now.timestamp() < 1_700_000_000 {
-        line("fail", "clock", &format!("system time {now} is before 2023: evidence times would be wrong; fix NTP"));
+        line(
+            "fail",
+            "clock",
+            &format!("system time {now} is before 2023: evidence times would be wrong; fix NTP"),
+        );
     } else {
-        line("ok", "clock", &format!("{} UTC", now.format("%Y-%m-%d %H:%M:%S")));
+        line(
+            "ok",
+            "clock",
+            &format!("{} UTC", now.format("%Y-%m-%d %H:%M:%S")),
+        );
     }
     match args.client().call("GET", "/v1/doctor", None) {
         Ok(v) => {
             line("ok", "daemon", "answering on the control socket");
             for c in v["checks"].as_array().into_iter().flatten() {
-                line(c["status"].as_str().unwrap_or("?"), c["check"].as_str().unwrap_or("?"), c["detail"].as_str().unwrap_or(""));
+                line(
+                    c["status"].as_str().unwrap_or("?"),
+                    c["check"].as_str().unwrap_or("?"),
+                    c["detail"].as_str().unwrap_or(""),
+                );
             }
         }
         Err(e) => line("fail", "daemon", &format!("{e:#}")),
