@@ -347,19 +347,30 @@ impl Store {
         .map(|_| ())
     }
 
-    pub fn health_event(
-        &self,
-        at_ns: i64,
-        kind: &str,
-        camera: Option<&str>,
-        detail: &str,
-    ) -> Result<i64> {
-        let c = self.conn();
-        self.sq(c.execute(
-            "INSERT INTO health_event(at_ns, kind, camera, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![at_ns, kind, camera, detail],
-        ))?;
-        Ok(c.last_insert_rowid())
+    /// Records a health event and queues it upstream (telemetry class: the first to be
+    /// dropped when the outbox is full) in one transaction.
+    pub fn health_event(&self, at_ns: i64, kind: &str, camera: Option<&str>, detail: &str) -> Result<i64> {
+        let mut c = self.conn();
+        let r = (|| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO health_event(at_ns, kind, camera, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![at_ns, kind, camera, detail],
+            )?;
+            let id = tx.last_insert_rowid();
+            let payload = serde_json::json!({
+                "schema": "storeguard.health/v1",
+                "kind": kind,
+                "camera": camera,
+                "detail": detail,
+                "at": chrono::DateTime::from_timestamp_nanos(at_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            });
+            let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+            super::outbox::enqueue_tx(&tx, super::outbox::Class::Telemetry, "health", &bytes, false, at_ns, Default::default())?;
+            tx.commit()?;
+            Ok(id)
+        })();
+        self.sq(r)
     }
 
     pub fn segment_by_path(&self, path: &str) -> Result<Option<SegmentRow>> {
