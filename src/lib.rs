@@ -8,8 +8,11 @@ pub mod control;
 pub mod daemon;
 pub mod evidence;
 pub mod exit;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod logging;
 pub mod recording;
 pub mod store;
+pub mod uplink;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
