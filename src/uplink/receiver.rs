@@ -102,6 +102,9 @@ pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>
                     tracing::info!(broker = %broker, "receiver connected");
                     client.try_subscribe(SUBSCRIPTION, QoS::AtLeastOnce)?;
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    tracing::info!("receiver subscribed to {SUBSCRIPTION}");
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     for (topic, payload) in rx.handle(&p.topic, &p.payload) {
                         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
@@ -176,6 +179,8 @@ pub struct Receiver {
     seen: HashSet<String>,
     alerts: File,
     health: File,
+    /// Every delivery, duplicates included, in arrival order (not synced; for analysis).
+    deliveries: File,
     pubkeys: HashMap<String, String>,
 }
 
@@ -186,11 +191,17 @@ impl Receiver {
         let mut seen = HashSet::new();
         let alerts = open_jsonl(&out.join("alerts.jsonl"), &mut seen)?;
         let health = open_jsonl(&out.join("health.jsonl"), &mut seen)?;
+        let deliveries = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("deliveries.log"))
+            .with_context(|| format!("open {}/deliveries.log", out.display()))?;
         Ok(Receiver {
             out,
             seen,
             alerts,
             health,
+            deliveries,
             pubkeys: opts.pubkeys.clone(),
         })
     }
@@ -205,6 +216,7 @@ impl Receiver {
             return Vec::new();
         };
         let (site, device) = (p.site.to_string(), p.device.to_string());
+        self.log_delivery(topic, payload, &p.kind);
         let r = match p.kind {
             Kind::Alert => self.on_record(&site, &device, payload, true),
             Kind::Health => self.on_record(&site, &device, payload, false),
@@ -230,6 +242,21 @@ impl Receiver {
             tracing::error!(site, device, topic, "receiver: {e:#}");
             Vec::new()
         })
+    }
+
+    /// `{received_at} {topic} {msg_id | chunk offset}`
+    fn log_delivery(&mut self, topic: &str, payload: &[u8], kind: &Kind<'_>) {
+        let id = match kind {
+            Kind::Chunk(_) => topics::decode_chunk(payload)
+                .map(|(h, _)| format!("offset={} len={}", h.offset, h.len))
+                .unwrap_or_else(|_| "-".into()),
+            _ => serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v["msg_id"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "-".into()),
+        };
+        let line = format!("{} {topic} {id}\n", topics::utc_ms(topics::now_ns()));
+        let _ = self.deliveries.write_all(line.as_bytes());
     }
 
     fn on_record(

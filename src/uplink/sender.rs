@@ -205,17 +205,16 @@ impl Link {
                     tracing::debug!("uplink: could not queue PUBACK: {e}");
                 }
             }
-            Event::Incoming(Packet::SubAck(s)) => {
+            Event::Incoming(Packet::SubAck(s))
                 if s.return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    tracing::error!(
-                        topic = %self.ack_filter(),
-                        "uplink: the broker refused the subscription to clip acknowledgements; clips cannot be confirmed (check the broker ACL)"
-                    );
-                    self.set_error("broker refused the subscription to evidence/+/ack".into());
-                }
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                tracing::error!(
+                    topic = %self.ack_filter(),
+                    "uplink: the broker refused the subscription to clip acknowledgements; clips cannot be confirmed (check the broker ACL)"
+                );
+                self.set_error("broker refused the subscription to evidence/+/ack".into());
             }
             _ => {}
         }
