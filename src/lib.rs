@@ -13,5 +13,6 @@ pub mod fixtures;
 pub mod logging;
 pub mod recording;
 pub mod store;
+pub mod uplink;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,8 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use storeguard::fixtures::broker::{BrokerOpts, MosquittoBroker};
-use storeguard::fixtures::fleet::{FakeCamFleet, FleetOptions, FleetSource};
-use storeguard::fixtures::fixture_bin;
+use storeguard::fixtures::{FakeCamFleet, FleetOptions, FleetSource, fixture_bin};
 
 const CONFIG: &str = "edge-config/demo.toml";
 /// Fixed by edge-config/demo.toml.

@@ -5,6 +5,7 @@
 //! is `docs/config.md`; keep it in step with the doc comments here.
 
 mod locate;
+pub mod uplink;
 pub mod values;
 
 use crate::button::{Bias, LineId, LineSettings, Wiring};
@@ -30,6 +31,8 @@ pub struct Config {
     pub cameras: Vec<Camera>,
     #[serde(default)]
     pub buttons: Vec<Button>,
+    #[serde(default)]
+    pub uplink: Option<uplink::Uplink>,
 }
 
 /// Identifies this box upstream; both ids appear in MQTT topics and evidence manifests.
@@ -532,6 +535,9 @@ impl Config {
                 Dur::secs(3600),
             );
         }
+        if let Some(u) = &self.uplink {
+            u.validate(v);
+        }
     }
 
     pub fn button(&self, name: &str) -> Option<&Button> {
@@ -576,17 +582,17 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
-struct Validator {
+pub(crate) struct Validator {
     problems: Vec<(String, String)>,
 }
 
 impl Validator {
-    fn err(&mut self, field: &str, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, field: &str, msg: impl Into<String>) {
         self.problems.push((field.to_string(), msg.into()));
     }
 
     /// Ids end up in MQTT topics and file names: keep them to a safe alphabet.
-    fn ident(&mut self, field: &str, s: &str) {
+    pub(crate) fn ident(&mut self, field: &str, s: &str) {
         if s.is_empty() {
             self.err(field, "must not be empty");
         } else if s.len() > 64 {
@@ -602,7 +608,7 @@ impl Validator {
         }
     }
 
-    fn range(&mut self, field: &str, d: Dur, min: Dur, max: Dur) {
+    pub(crate) fn range(&mut self, field: &str, d: Dur, min: Dur, max: Dur) {
         if d < min || d > max {
             let f = |d: Dur| humantime::format_duration(d.0).to_string();
             self.err(

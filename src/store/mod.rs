@@ -8,6 +8,7 @@ pub mod events;
 pub mod outbox;
 pub mod recording;
 mod schema;
+pub mod upload;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::fs::{self, File, OpenOptions};

@@ -109,6 +109,29 @@ const MIGRATIONS: &[&str] = &[
         delivered INTEGER NOT NULL DEFAULT 0,
         dropped INTEGER NOT NULL DEFAULT 0
      ) STRICT;",
+    // 4: uplink: evidence upload progress and outbox messages the broker cannot take.
+    "CREATE TABLE upload (
+        clip TEXT PRIMARY KEY,          -- clip.uid
+        path TEXT NOT NULL,             -- relative to the data directory
+        total INTEGER NOT NULL,         -- bytes
+        sha256 TEXT NOT NULL,
+        next_offset INTEGER NOT NULL,   -- first byte the broker has not acknowledged
+        state TEXT NOT NULL,            -- sending | sent | acked | failed
+        attempts INTEGER NOT NULL DEFAULT 1,
+        error TEXT,
+        created_ns INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX upload_by_state ON upload(state);
+     CREATE TABLE outbox_rejected (
+        id INTEGER PRIMARY KEY,         -- the outbox id it had
+        class INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_ns INTEGER NOT NULL,
+        rejected_ns INTEGER NOT NULL,
+        reason TEXT NOT NULL
+     ) STRICT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
