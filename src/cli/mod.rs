@@ -71,6 +71,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Outbox depth per priority class, oldest message, uplink connection and last error.
+    Outbox {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the box end to end: config, GStreamer, clock, daemon, database, disk,
     /// cameras, buttons, outbox. Exit 1 when any check fails.
     Doctor,
@@ -203,6 +208,11 @@ pub fn dispatch(args: Args) -> Result<u8> {
             out,
         } => export(&args, camera, from, to, out),
         Cmd::Doctor => Ok(doctor(&args)),
+        Cmd::Outbox { json } => {
+            let v = args.client().call("GET", "/v1/outbox", None)?;
+            print(*json, &v, output::outbox);
+            Ok(exit::OK)
+        }
         Cmd::Evidence(EvidenceCmd::Verify {
             clip,
             manifest,

@@ -248,3 +248,67 @@ pub fn verified(clip: &std::path::Path, r: &storeguard::evidence::VerifyReport) 
     }
     o
 }
+
+pub fn outbox(v: &Value) -> String {
+    let mut o = String::new();
+    if v["configured"] == Value::Bool(false) {
+        let _ = writeln!(
+            o,
+            "uplink: not configured (no [uplink] section); messages stay queued on this box"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "uplink: {} {}  connects {}  in flight {}/{}",
+            s(&v["broker"]),
+            if v["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            s(&v["connects"]),
+            s(&v["in_flight"]),
+            s(&v["window"])
+        );
+        if let Some(e) = v["last_error"].as_str() {
+            let _ = writeln!(
+                o,
+                "last error: {e} (at {})",
+                local_time(v["last_error_at"].as_str().unwrap_or(""))
+            );
+        }
+        if let Some(u) = v["upload"].as_object() {
+            let _ = writeln!(
+                o,
+                "uploading {}: {} of {} bytes acknowledged",
+                s(&u["clip"]),
+                s(&u["acked_offset"]),
+                s(&u["total"])
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{:<10} {:>7} {:>10} {:>10} {:>9} {:>9} {:>8}",
+        "CLASS", "QUEUED", "BYTES", "OLDEST", "ACCEPTED", "DELIVERED", "DROPPED"
+    );
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    for c in v["outbox"].as_array().into_iter().flatten() {
+        let age = c["oldest_ns"]
+            .as_i64()
+            .map(|o| duration(((now - o).max(0) / 1_000_000_000) as u64))
+            .unwrap_or("-".into());
+        let _ = writeln!(
+            o,
+            "{:<10} {:>7} {:>10} {:>10} {:>9} {:>9} {:>8}",
+            s(&c["class"]),
+            s(&c["depth"]),
+            s(&c["bytes"]),
+            age,
+            s(&c["accepted"]),
+            s(&c["delivered"]),
+            s(&c["dropped"])
+        );
+    }
+    o
+}

@@ -18,6 +18,7 @@ impl Service for Api {
                 ("GET", ["v1", "status"]) => self.status(),
                 ("GET", ["v1", "cameras"]) => self.cameras().await,
                 ("GET", ["v1", "doctor"]) => self.doctor().await,
+                ("GET", ["v1", "outbox"]) => self.outbox().await,
                 ("GET", ["v1", "buttons"]) => {
                     Response::ok(json!({ "buttons": self.buttons().status() }))
                 }
@@ -48,6 +49,23 @@ impl Service for Api {
 }
 
 impl Api {
+    async fn outbox(&self) -> Response {
+        let s = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+            let uplink = s.uplink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Ok(match uplink {
+                Some(u) => u.status(),
+                None => json!({ "configured": false, "outbox": s.store.outbox_stats()? }),
+            })
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => Response::ok(v),
+            Ok(Err(e)) => Response::error(500, format!("{e:#}")),
+            Err(e) => Response::error(500, e.to_string()),
+        }
+    }
+
     /// Server-side health checks for `storeguard doctor`: each is (status, check, detail).
     async fn doctor(&self) -> Response {
         let s = self.state.clone();
@@ -348,6 +366,10 @@ impl Api {
             "public_key": s.incidents.key.public_key_b64(),
             "key_id": s.incidents.key.key_id(),
             "buttons": self.buttons().status(),
+            "uplink": self.state.uplink.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|u| {
+                let v = u.status();
+                json!({ "broker": v["broker"], "connected": v["connected"], "last_error": v["last_error"] })
+            }),
         }))
     }
 }

@@ -15,6 +15,7 @@ use crate::evidence::incident::Incidents;
 use crate::exit::{self, coded};
 use crate::recording::Recorder;
 use crate::store::Store;
+use crate::uplink::{Uplink, UplinkHandle};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
@@ -34,6 +35,8 @@ pub struct State {
     pub incidents: Arc<Incidents>,
     pub buttons: std::sync::Mutex<Buttons>,
     pub signal_tx: tokio::sync::mpsc::UnboundedSender<crate::button::service::Signal>,
+    /// None when the config has no [uplink] section (the box then only records locally).
+    pub uplink: std::sync::Mutex<Option<UplinkHandle>>,
     pub cameras: Supervisor,
     pub started: Instant,
     pub started_utc: DateTime<Utc>,
@@ -114,6 +117,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         outbox_changed: tokio::sync::Notify::new(),
         limits: Default::default(),
     });
+    let uplink = start_uplink(&store, &cfg)?;
     let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
     let buttons = Buttons::start(&cfg.buttons, sig_tx.clone());
 
@@ -123,6 +127,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         incidents,
         buttons: std::sync::Mutex::new(buttons),
         signal_tx: sig_tx,
+        uplink: std::sync::Mutex::new(uplink),
         cameras,
         started: Instant::now(),
         started_utc: Utc::now(),
@@ -143,6 +148,16 @@ async fn run_async(loaded: Loaded) -> Result<()> {
             let cfg = st.config().config;
             if let Err(e) = st.incidents.on_signal(sig, &cfg).await {
                 tracing::error!("recording button event failed: {e:#}");
+            }
+        }
+    });
+    // Anything committed to the outbox wakes the sender at once.
+    let st = state.clone();
+    let wake_task = tokio::spawn(async move {
+        loop {
+            st.incidents.outbox_changed.notified().await;
+            if let Some(u) = st.uplink.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                u.notify();
             }
         }
     });
@@ -171,6 +186,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         let _ = watchdog_task.await;
         let _ = clip_task.await;
         signal_task.abort();
+        wake_task.abort();
         // Cameras first, so the recorder's final sync sees every last frame.
         let _ = tokio::task::spawn_blocking(move || {
             st.buttons
@@ -293,6 +309,16 @@ async fn reload_inner(state: &Arc<State>, path: &Path) -> Result<ReloadOutcome> 
     *state.config.write().unwrap_or_else(|p| p.into_inner()) = new;
     tracing::info!(from = %outcome.previous, to = %outcome.version, "config reloaded");
     Ok(outcome)
+}
+
+fn start_uplink(store: &Store, cfg: &Config) -> Result<Option<UplinkHandle>> {
+    if cfg.uplink.is_none() {
+        tracing::warn!("no [uplink] in the config: alerts and evidence stay on this box");
+        return Ok(None);
+    }
+    Uplink::start(store.clone(), cfg)
+        .map(Some)
+        .map_err(|e| coded(exit::CONFIG, format!("uplink: {e}")))
 }
 
 fn status_line(state: &State) -> String {

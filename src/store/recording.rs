@@ -349,7 +349,13 @@ impl Store {
 
     /// Records a health event and queues it upstream (telemetry class: the first to be
     /// dropped when the outbox is full) in one transaction.
-    pub fn health_event(&self, at_ns: i64, kind: &str, camera: Option<&str>, detail: &str) -> Result<i64> {
+    pub fn health_event(
+        &self,
+        at_ns: i64,
+        kind: &str,
+        camera: Option<&str>,
+        detail: &str,
+    ) -> Result<i64> {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
@@ -366,7 +372,15 @@ impl Store {
                 "at": chrono::DateTime::from_timestamp_nanos(at_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             });
             let bytes = serde_json::to_vec(&payload).unwrap_or_default();
-            super::outbox::enqueue_tx(&tx, super::outbox::Class::Telemetry, "health", &bytes, false, at_ns, Default::default())?;
+            super::outbox::enqueue_tx(
+                &tx,
+                super::outbox::Class::Telemetry,
+                "health",
+                &bytes,
+                false,
+                at_ns,
+                Default::default(),
+            )?;
             tx.commit()?;
             Ok(id)
         })();
