@@ -152,6 +152,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn syncer(shared: Arc<Shared>) {
     let mut last_evict = Instant::now() - Duration::from_secs(3600);
+    let mut warned: HashMap<String, Instant> = HashMap::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let interval = *lock(&shared.sync_interval);
         let started = Instant::now();
@@ -162,7 +163,10 @@ fn syncer(shared: Arc<Shared>) {
         {
             let policy = lock(&shared.policy).clone();
             match ring::enforce(&shared.store, &policy) {
-                Ok(st) => *lock(&shared.status) = st,
+                Ok(st) => {
+                    report_shortfalls(&shared.store, &st, policy.retention_target_days, &mut warned);
+                    *lock(&shared.status) = st;
+                }
                 Err(e) => tracing::error!("ring buffer eviction failed: {e:#}"),
             }
             last_evict = Instant::now();
@@ -171,6 +175,20 @@ fn syncer(shared: Arc<Shared>) {
         while started.elapsed() < interval && !shared.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
+    }
+}
+
+/// A camera whose share of the disk can't hold the retention target at its bitrate
+/// raises a health event, at most once a day per camera.
+fn report_shortfalls(store: &Store, st: &ring::RingStatus, target_days: u32, warned: &mut HashMap<String, Instant>) {
+    for (cam, days) in ring::retention_shortfalls(st, target_days) {
+        if warned.get(&cam).is_some_and(|t| t.elapsed() < Duration::from_secs(86_400)) {
+            continue;
+        }
+        warned.insert(cam.clone(), Instant::now());
+        let detail = format!("at its current bitrate {cam}'s share of the disk holds about {days:.1} days; the target is {target_days}");
+        tracing::warn!(camera = %cam, "{detail}");
+        let _ = store.health_event(now_ns(), "retention_target_unmet", Some(&cam), &detail);
     }
 }
 
