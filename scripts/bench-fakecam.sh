@@ -77,13 +77,27 @@ done
 gst-launch-1.0 -q "${readers[@]}" >"$work/readers.log" 2>&1 &
 rd_pid=$!
 
+alive() {
+    for p in "$fc_pid" "$rd_pid"; do
+        if ! kill -0 "$p" 2>/dev/null; then
+            echo "process $p died; fakecam stderr tail:" >&2
+            tail -n 20 "$work/err" >&2
+            echo "readers log tail:" >&2
+            tail -n 20 "$work/readers.log" >&2
+            exit 1
+        fi
+    done
+}
+
 sleep "$WARMUP"
+alive
 s0=$(stats)
 attached=$(tr ' ' '\n' <<<"$s0" | grep -c ':clients=[1-9]' || true)
 pushed0=$(grep -o 'pushed=[0-9]*' <<<"$s0" | cut -d= -f2 | paste -sd+ | bc)
 fc0=$(ticks "$fc_pid")
 rd0=$(ticks "$rd_pid")
 sleep "$SECONDS_MEASURED"
+alive
 fc1=$(ticks "$fc_pid")
 rd1=$(ticks "$rd_pid")
 s1=$(stats "$s0")
