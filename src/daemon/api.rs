@@ -346,11 +346,16 @@ impl Api {
     fn status(&self) -> Response {
         let s = &self.state;
         let loaded = s.config();
-        let cameras: Vec<_> = s
+        // Every configured camera, even before the supervisor's first look at it.
+        let health = s.cameras.health();
+        let cameras: Vec<_> = loaded
+            .config
             .cameras
-            .health()
-            .into_iter()
-            .map(|c| json!({ "id": c.id, "name": c.name, "state": c.state, "last_error": c.last_error }))
+            .iter()
+            .map(|c| match health.iter().find(|h| h.id == c.id) {
+                Some(h) => json!({ "id": h.id, "name": h.name, "state": h.state, "last_error": h.last_error }),
+                None => json!({ "id": c.id, "name": c.name, "state": if c.enabled { "starting" } else { "disabled" }, "last_error": null }),
+            })
             .collect();
         Response::ok(json!({
             "version": crate::VERSION,

@@ -164,7 +164,12 @@ fn syncer(shared: Arc<Shared>) {
             let policy = lock(&shared.policy).clone();
             match ring::enforce(&shared.store, &policy) {
                 Ok(st) => {
-                    report_shortfalls(&shared.store, &st, policy.retention_target_days, &mut warned);
+                    report_shortfalls(
+                        &shared.store,
+                        &st,
+                        policy.retention_target_days,
+                        &mut warned,
+                    );
                     *lock(&shared.status) = st;
                 }
                 Err(e) => tracing::error!("ring buffer eviction failed: {e:#}"),
@@ -180,13 +185,23 @@ fn syncer(shared: Arc<Shared>) {
 
 /// A camera whose share of the disk can't hold the retention target at its bitrate
 /// raises a health event, at most once a day per camera.
-fn report_shortfalls(store: &Store, st: &ring::RingStatus, target_days: u32, warned: &mut HashMap<String, Instant>) {
+fn report_shortfalls(
+    store: &Store,
+    st: &ring::RingStatus,
+    target_days: u32,
+    warned: &mut HashMap<String, Instant>,
+) {
     for (cam, days) in ring::retention_shortfalls(st, target_days) {
-        if warned.get(&cam).is_some_and(|t| t.elapsed() < Duration::from_secs(86_400)) {
+        if warned
+            .get(&cam)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(86_400))
+        {
             continue;
         }
         warned.insert(cam.clone(), Instant::now());
-        let detail = format!("at its current bitrate {cam}'s share of the disk holds about {days:.1} days; the target is {target_days}");
+        let detail = format!(
+            "at its current bitrate {cam}'s share of the disk holds about {days:.1} days; the target is {target_days}"
+        );
         tracing::warn!(camera = %cam, "{detail}");
         let _ = store.health_event(now_ns(), "retention_target_unmet", Some(&cam), &detail);
     }
