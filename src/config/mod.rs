@@ -650,6 +650,19 @@ pub fn parse_rtsp_url(url: &str) -> Result<RtspUrl, String> {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
     };
+    if rest.chars().any(|c| c.is_whitespace()) {
+        return Err("contains whitespace".into());
+    }
+    let (host, port) = split_host_port(hostport, default_port)?;
+    Ok(RtspUrl {
+        host: host.to_string(),
+        port,
+        has_userinfo: userinfo.is_some(),
+    })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` → (host, port), for every URL we accept.
+pub(crate) fn split_host_port(hostport: &str, default_port: u16) -> Result<(&str, u16), String> {
     let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
         let (h, p) = h.split_once(']').ok_or("unterminated IPv6 address")?;
         (h, p.strip_prefix(':'))
@@ -662,9 +675,6 @@ pub fn parse_rtsp_url(url: &str) -> Result<RtspUrl, String> {
     if host.is_empty() {
         return Err("missing host".into());
     }
-    if host.chars().any(|c| c.is_whitespace()) || rest.chars().any(|c| c.is_whitespace()) {
-        return Err("contains whitespace".into());
-    }
     let port = match port {
         None => default_port,
         Some(p) => p
@@ -673,11 +683,7 @@ pub fn parse_rtsp_url(url: &str) -> Result<RtspUrl, String> {
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("invalid port {p:?}"))?,
     };
-    Ok(RtspUrl {
-        host: host.to_string(),
-        port,
-        has_userinfo: userinfo.is_some(),
-    })
+    Ok((host, port))
 }
 
 #[cfg(test)]

@@ -140,26 +140,7 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
     if rest.chars().any(|c| c.is_whitespace()) {
         return Err("contains whitespace".into());
     }
-    let (host, port) = if let Some(h) = rest.strip_prefix('[') {
-        let (h, p) = h.split_once(']').ok_or("unterminated IPv6 address")?;
-        (h, p.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("missing host".into());
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("invalid port {p:?}"))?,
-    };
+    let (host, port) = super::split_host_port(rest, default_port)?;
     Ok(BrokerUrl {
         tls,
         host: host.to_string(),

@@ -10,6 +10,7 @@
 //! jump (the recorder restarted its clock) cannot be placed in time; such a frame follows its
 //! predecessor by one frame interval and is reported in [`Mp4Info::discontinuities`].
 
+use crate::recording::ts::{parse_timestamp, read_full};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -874,16 +875,8 @@ impl Demuxer {
             return Err(bad("header longer than the PES"));
         }
         let flags = d[7] >> 6;
-        let ts_at = |i: usize| -> Option<u64> {
-            let b = d.get(i..i + 5)?;
-            Some(
-                (u64::from(b[0] >> 1) & 0x07) << 30
-                    | u64::from(b[1]) << 22
-                    | u64::from(b[2] >> 1) << 15
-                    | u64::from(b[3]) << 7
-                    | u64::from(b[4] >> 1),
-            )
-        };
+        let ts_at =
+            |i: usize| -> Option<u64> { Some(parse_timestamp(d.get(i..i + 5)?.try_into().ok()?)) };
         let pts = if flags & 2 != 0 { ts_at(9) } else { None };
         let dts = if flags == 3 { ts_at(14) } else { pts };
         let (out_pts, out_dts) = match (pts, dts) {
@@ -927,20 +920,6 @@ impl Demuxer {
         self.pushed += 1;
         Ok(())
     }
-}
-
-/// Reads until `buf` is full or EOF; returns the number of bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

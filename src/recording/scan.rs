@@ -2,6 +2,7 @@
 //! keyframe offsets. Used at start-up to recover segments a crash left open and to
 //! index orphan files, so neither the index nor the files are trusted blindly.
 
+use super::ts::{parse_timestamp, read_full};
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
@@ -77,7 +78,7 @@ pub fn scan(mut r: impl Read) -> io::Result<ScanResult> {
             {
                 video_pid.get_or_insert(pid);
                 if Some(pid) == video_pid && p[7] & 0x80 != 0 {
-                    let pts = parse_ts(&p[9..14]);
+                    let pts = parse_timestamp(p[9..14].try_into().expect("5 bytes"));
                     res.frames += 1;
                     res.first_pts.get_or_insert(pts);
                     res.last_pts = Some(pts);
@@ -95,27 +96,6 @@ pub fn scan(mut r: impl Read) -> io::Result<ScanResult> {
         res.valid_bytes = offset;
     }
     Ok(res)
-}
-
-fn parse_ts(b: &[u8]) -> u64 {
-    (((b[0] as u64 >> 1) & 0x07) << 30)
-        | ((b[1] as u64) << 22)
-        | (((b[2] as u64) >> 1) << 15)
-        | ((b[3] as u64) << 7)
-        | ((b[4] as u64) >> 1)
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

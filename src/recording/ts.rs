@@ -445,6 +445,30 @@ fn find_start_code(data: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// A 33-bit PTS/DTS from the 5 bytes it takes in a PES header.
+pub fn parse_timestamp(b: &[u8; 5]) -> u64 {
+    (u64::from(b[0] >> 1) & 0x07) << 30
+        | u64::from(b[1]) << 22
+        | u64::from(b[2] >> 1) << 15
+        | u64::from(b[3]) << 7
+        | u64::from(b[4] >> 1)
+}
+
+/// Reads until `buf` is full or EOF; returns the number of bytes read. A file cut off
+/// by a power cut ends in a partial packet, which callers treat as the end.
+pub fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Whether an Annex B access unit is a random access point (H.264 IDR; H.265 IRAP: BLA, IDR,
 /// CRA). Decided by the first slice NAL, so the scan stops early. For callers whose buffer
 /// flags are unreliable.
