@@ -118,6 +118,7 @@ impl GstCamera {
                 source: "arrival",
                 ..Default::default()
             }),
+            last_rt: Mutex::new(None),
         });
         let c = ctx.clone();
         src.connect("new-manager", false, move |args| {
@@ -146,6 +147,8 @@ struct Ctx {
     timeline: Mutex<Timeline>,
     last_caps: Mutex<Option<gst::Caps>>,
     ntp: Mutex<NtpMap>,
+    /// Running time of the latest frame, for frames that arrive without a timestamp.
+    last_rt: Mutex<Option<i64>>,
 }
 
 /// Camera wall clock from RTCP sender reports: the last SR's (NTP, RTP) pair, plus the
@@ -348,10 +351,22 @@ fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
             .unwrap_or(Some(t))?;
         Some(r.nseconds() as i64)
     };
-    let Some(pts) = rt(buffer.pts()).or_else(|| rt(buffer.dts())) else {
-        return Ok(());
+    // Some cameras (and depayloaders fed repeated RTP timestamps) leave a frame without
+    // any timestamp: place it one frame after the previous one rather than drop it.
+    let (pts, dts) = match (rt(buffer.pts()), rt(buffer.dts())) {
+        (Some(p), d) => (p, d),
+        (None, Some(d)) => (d, Some(d)),
+        (None, None) => {
+            let Some(prev) = *lock(&ctx.last_rt) else {
+                return Ok(());
+            };
+            (prev + 66_666_667, None)
+        }
     };
-    let dts = rt(buffer.dts());
+    {
+        let mut last = lock(&ctx.last_rt);
+        *last = Some(last.map_or(dts.unwrap_or(pts), |l| l.max(dts.unwrap_or(pts))));
+    }
     // Arrival-based UTC of this frame: now, minus how long ago its timestamp was.
     let clock_now = sink.clock().map(|c| c.time().nseconds() as i64);
     let base = sink.base_time().map(|t| t.nseconds() as i64);
