@@ -182,7 +182,8 @@ impl Uplink {
                 };
                 let link_shared = th_shared.clone();
                 rt.block_on(async move {
-                    let (tx, rx) = mpsc::channel(1024);
+                    // Unbounded: the pump yields at network pace and the sender drains in batches.
+                    let (tx, rx) = mpsc::unbounded_channel();
                     let pump = tokio::spawn(session::pump(eventloop, tx, max_backoff));
                     Link::new(th_settings, th_store, client, link_shared)
                         .run(rx, cmd_rx, th_wake)

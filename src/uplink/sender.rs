@@ -28,6 +28,10 @@ const MAX_UPLOAD_ATTEMPTS: i64 = 3;
 /// Housekeeping period: unsignalled enqueues, receiver-ack timeouts.
 const TICK: Duration = Duration::from_secs(1);
 const LATENCY_SAMPLES: usize = 4096;
+/// Longest an acknowledged row waits for its deletion to be written.
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// Payload bytes read ahead from the outbox at most (plus one message).
+const CACHE_BYTES: u64 = 1 << 20;
 
 pub(crate) enum Cmd {
     Shutdown(std::sync::mpsc::Sender<()>),
@@ -70,15 +74,22 @@ pub(crate) struct Link {
     by_pkid: HashMap<u16, Slot>,
     rows_in_flight: HashSet<i64>,
     chunks_in_flight: usize,
+    /// Next outbox rows to send, read ahead; stale once something may have been
+    /// enqueued ahead of them.
+    cache: VecDeque<OutMsg>,
+    cache_stale: bool,
     active: Option<Active>,
     /// No upload in state 'sending' (saves a query per fill); reset when one may appear.
     uploads_idle: bool,
     bucket: Bucket,
     bucket_wait: Option<Instant>,
     pokes: VecDeque<String>,
+    /// Acknowledged rows not yet deleted (batched: one transaction per many acks).
     delivered: Vec<i64>,
     manifests: Vec<String>,
     progress_dirty: bool,
+    /// When the pending deletions must be written at the latest.
+    flush_due: Option<Instant>,
     offline_acked: bool,
     next_tick: Instant,
 }
@@ -109,6 +120,8 @@ impl Link {
             by_pkid: HashMap::new(),
             rows_in_flight: HashSet::new(),
             chunks_in_flight: 0,
+            cache: VecDeque::new(),
+            cache_stale: true,
             active: None,
             uploads_idle: false,
             bucket,
@@ -117,6 +130,7 @@ impl Link {
             delivered: Vec::new(),
             manifests: Vec::new(),
             progress_dirty: false,
+            flush_due: None,
             offline_acked: false,
             next_tick: Instant::now() + TICK,
         }
@@ -124,15 +138,15 @@ impl Link {
 
     pub(crate) async fn run(
         mut self,
-        mut events: mpsc::Receiver<PumpMsg>,
+        mut events: mpsc::UnboundedReceiver<PumpMsg>,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
         wake: Arc<Notify>,
     ) {
         loop {
-            let timer = match self.bucket_wait {
-                Some(t) => t.min(self.next_tick),
-                None => self.next_tick,
-            };
+            let mut timer = self.next_tick;
+            for t in [self.bucket_wait, self.flush_due].into_iter().flatten() {
+                timer = timer.min(t);
+            }
             tokio::select! {
                 biased;
                 cmd = cmds.recv() => match cmd {
@@ -141,7 +155,10 @@ impl Link {
                         let _ = reply.send(());
                         return;
                     }
-                    Some(Cmd::Abort) | None => return,
+                    Some(Cmd::Abort) | None => {
+                        self.flush();
+                        return;
+                    }
                 },
                 msg = events.recv() => {
                     let Some(msg) = msg else { return };
@@ -149,14 +166,20 @@ impl Link {
                     while let Ok(m) = events.try_recv() {
                         self.on_msg(m);
                     }
-                    self.flush();
+                    self.maybe_flush();
                     self.fill();
                 }
-                _ = wake.notified() => self.fill(),
+                _ = wake.notified() => {
+                    self.cache_stale = true;
+                    self.fill();
+                }
                 _ = tokio::time::sleep_until(timer.into()) => {
                     let now = Instant::now();
                     if self.bucket_wait.is_some_and(|t| t <= now) {
                         self.bucket_wait = None;
+                    }
+                    if self.flush_due.is_some_and(|t| t <= now) {
+                        self.flush();
                     }
                     if now >= self.next_tick {
                         self.next_tick = now + TICK;
@@ -265,6 +288,8 @@ impl Link {
         self.fifo.clear();
         self.by_pkid.clear();
         self.rows_in_flight.clear();
+        self.cache.clear();
+        self.cache_stale = true;
         self.chunks_in_flight = 0;
         if let Some(a) = &mut self.active {
             a.rewind();
@@ -342,8 +367,28 @@ impl Link {
         }
     }
 
+    /// Writes acknowledgements in batches: at once for upload progress and manifests
+    /// (an upload starts), otherwise once a window's worth is pending or 20 ms passed.
+    /// Rows awaiting deletion are neither in flight nor in the cache, and the cache is
+    /// refilled only after a flush, so they are never sent twice.
+    fn maybe_flush(&mut self) {
+        if self.delivered.is_empty() && !self.progress_dirty {
+            return;
+        }
+        if self.progress_dirty
+            || !self.manifests.is_empty()
+            || self.delivered.len() >= self.s.window
+            || self.in_flight() == 0
+        {
+            self.flush();
+        } else if self.flush_due.is_none() {
+            self.flush_due = Some(Instant::now() + FLUSH_DELAY);
+        }
+    }
+
     /// Persists what the broker acknowledged since the last call.
     fn flush(&mut self) {
+        self.flush_due = None;
         let now = topics::now_ns();
         if !self.delivered.is_empty() {
             match self
@@ -397,53 +442,58 @@ impl Link {
         if !self.connected || self.closing {
             return;
         }
-        // A rejected row frees its slot without publishing; go round again then.
-        for _ in 0..16 {
-            let free = self.s.window.saturating_sub(self.in_flight());
-            if free == 0 {
+        let mut more = true;
+        while self.in_flight() < self.s.window {
+            if self.cache_stale || self.cache.is_empty() {
+                if !more && !self.cache_stale {
+                    break; // the outbox has nothing else
+                }
+                match self.refill() {
+                    Some(m) => more = m,
+                    None => return,
+                }
+                continue;
+            }
+            let row = self.cache.pop_front().expect("not empty");
+            // Chunks (class 2) go before outbox rows of class 2 and 3.
+            if row.class > Class::Evidence
+                && (!self.publish_chunks() || self.in_flight() >= self.s.window)
+            {
+                self.cache.push_front(row);
                 break;
             }
-            let ids: Vec<i64> = self.rows_in_flight.iter().copied().collect();
-            let rows = match self.store.outbox_next(free, &ids) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("uplink: reading the outbox: {e}");
-                    return;
-                }
-            };
-            let (urgent, rest): (Vec<OutMsg>, Vec<OutMsg>) =
-                rows.into_iter().partition(|r| r.class <= Class::Evidence);
-            let mut rejected = false;
-            let mut full = false;
-            for r in urgent {
-                match self.publish_row(r) {
-                    RowOutcome::Sent => {}
-                    RowOutcome::Rejected => rejected = true,
-                    RowOutcome::Full => {
-                        full = true;
-                        break;
-                    }
-                }
-            }
-            if !full {
-                full = !self.publish_chunks();
-            }
-            for r in rest {
-                if full || self.in_flight() >= self.s.window {
-                    break;
-                }
-                match self.publish_row(r) {
-                    RowOutcome::Sent => {}
-                    RowOutcome::Rejected => rejected = true,
-                    RowOutcome::Full => full = true,
-                }
-            }
-            if !rejected || full {
+            if let RowOutcome::Full = self.publish_row(&row) {
+                self.cache.push_front(row);
                 break;
             }
         }
+        if self.in_flight() < self.s.window {
+            self.publish_chunks();
+        }
         let n = self.in_flight();
         self.shared().in_flight = n;
+    }
+
+    /// Reads the next rows to send into the cache; Some(true) when more may follow.
+    fn refill(&mut self) -> Option<bool> {
+        self.flush();
+        let limit = (self.s.window * 2).max(64);
+        match self
+            .store
+            .outbox_peek(limit, CACHE_BYTES, &self.rows_in_flight)
+        {
+            Ok(rows) => {
+                let bytes: u64 = rows.iter().map(|r| r.payload.len() as u64).sum();
+                let more = rows.len() >= limit || bytes >= CACHE_BYTES;
+                self.cache = rows.into();
+                self.cache_stale = false;
+                Some(more)
+            }
+            Err(e) => {
+                tracing::error!("uplink: reading the outbox: {e}");
+                None
+            }
+        }
     }
 
     /// Hands one message to rumqttc; false when its queue is full (try again later).
@@ -462,19 +512,19 @@ impl Link {
         }
     }
 
-    fn publish_row(&mut self, row: OutMsg) -> RowOutcome {
+    fn publish_row(&mut self, row: &OutMsg) -> RowOutcome {
         let rel = row.topic.as_str();
         if rel.is_empty() || rel.starts_with('/') || rel.contains(['+', '#', '\0']) {
-            return self.reject(&row, format!("invalid topic {rel:?}"));
+            return self.reject(row, format!("invalid topic {rel:?}"));
         }
         let msg_id = format!("{}:{}", self.s.device, row.id);
         let payload = match topics::with_msg_id(&row.payload, &msg_id) {
             Ok(p) => p,
-            Err(e) => return self.reject(&row, e),
+            Err(e) => return self.reject(row, e),
         };
         if payload.len() as u64 > self.s.max_message {
             return self.reject(
-                &row,
+                row,
                 format!(
                     "{} bytes is more than uplink.max_message_size ({} bytes); the broker would drop it",
                     payload.len(),
@@ -807,7 +857,10 @@ impl Link {
             Ok(())
         })();
         match r {
-            Ok(()) => tracing::info!(clip = %clip, "manifest queued again for the receiver"),
+            Ok(()) => {
+                self.cache_stale = true;
+                tracing::info!(clip = %clip, "manifest queued again for the receiver");
+            }
             Err(e) => {
                 tracing::error!(clip = %clip, "uplink: cannot send the manifest again: {e:#}")
             }
@@ -826,6 +879,7 @@ impl Link {
     fn housekeeping(&mut self) {
         // Something may have begun or been enqueued without notify().
         self.uploads_idle = false;
+        self.cache_stale = true;
         if !self.connected {
             return;
         }
@@ -842,7 +896,7 @@ impl Link {
     }
 
     /// Explicit retained `offline`, then DISCONNECT (so the broker drops the will).
-    async fn shutdown(&mut self, events: &mut mpsc::Receiver<PumpMsg>) {
+    async fn shutdown(&mut self, events: &mut mpsc::UnboundedReceiver<PumpMsg>) {
         self.flush();
         if !self.connected {
             return;

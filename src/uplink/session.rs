@@ -183,7 +183,7 @@ impl Backoff {
 
 /// Owns `poll()`: forwards events in order and paces reconnects. Ends when the session
 /// owner goes away.
-pub async fn pump(mut el: EventLoop, tx: mpsc::Sender<PumpMsg>, max_backoff: Duration) {
+pub async fn pump(mut el: EventLoop, tx: mpsc::UnboundedSender<PumpMsg>, max_backoff: Duration) {
     let mut backoff = Backoff::new(max_backoff);
     loop {
         match el.poll().await {
@@ -191,7 +191,7 @@ pub async fn pump(mut el: EventLoop, tx: mpsc::Sender<PumpMsg>, max_backoff: Dur
                 if matches!(ev, Event::Incoming(rumqttc::Packet::ConnAck(_))) {
                     backoff.reset();
                 }
-                if tx.send(PumpMsg::Event(ev)).await.is_err() {
+                if tx.send(PumpMsg::Event(ev)).is_err() {
                     return;
                 }
             }
@@ -203,7 +203,6 @@ pub async fn pump(mut el: EventLoop, tx: mpsc::Sender<PumpMsg>, max_backoff: Dur
                         error: describe(&e),
                         resume,
                     })
-                    .await
                     .is_err()
                     || resumed.await.is_err()
                     || done

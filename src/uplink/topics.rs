@@ -305,25 +305,37 @@ pub struct ClipAck {
 
 /// Adds `"msg_id"` to a JSON object payload, keeping its other bytes as they are.
 pub fn with_msg_id(payload: &[u8], msg_id: &str) -> Result<Vec<u8>, String> {
-    let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload)
+    // Validates the whole document without building it.
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        msg_id: Option<serde::de::IgnoredAny>,
+    }
+    let open = payload.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(open) = open.filter(|i| payload[*i] == b'{') else {
+        return Err("payload is not a JSON object".into());
+    };
+    let probe: Probe = serde_json::from_slice(payload)
         .map_err(|e| format!("payload is not a JSON object: {e}"))?;
     let id = serde_json::to_string(msg_id).expect("string serializes");
-    if obj.contains_key("msg_id") {
-        let mut obj = obj;
+    if probe.msg_id.is_some() {
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).map_err(|e| e.to_string())?;
         obj.insert("msg_id".into(), msg_id.into());
         return Ok(serde_json::to_vec(&obj).expect("object serializes"));
     }
-    let open = payload
+    let rest = &payload[open + 1..];
+    let empty = rest
         .iter()
-        .position(|b| *b == b'{')
-        .expect("a JSON object starts with '{'");
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
     let mut out = Vec::with_capacity(payload.len() + id.len() + 12);
     out.extend_from_slice(b"{\"msg_id\":");
     out.extend_from_slice(id.as_bytes());
-    if !obj.is_empty() {
+    if !empty {
         out.push(b',');
     }
-    out.extend_from_slice(&payload[open + 1..]);
+    out.extend_from_slice(rest);
     Ok(out)
 }
 
