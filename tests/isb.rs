@@ -1127,10 +1127,18 @@ fn summary(name: &str, mut v: Vec<f64>) {
 
 /// Simulated edge → alert committed in the outbox, in process: the daemon's own button
 /// thread (`Buttons`, sim source, software debounce 1 ms) feeds `Incidents::on_signal`,
-/// which commits event + alert + 4 clip jobs with locks in one fsynced transaction.
+/// which commits event + alert + 4 clip jobs with locks in one fsynced transaction. Run
+/// with an empty outbox, and with the outbox full of telemetry (uplink down for a while:
+/// 100 000 messages of 1 KB, the default message limit).
 #[test]
 #[ignore = "benchmark"]
 fn bench_alert_latency() {
+    for backlog in [0, 100_000] {
+        alert_latency(200, backlog);
+    }
+}
+
+fn alert_latency(n: usize, backlog: usize) {
     use storeguard::button::ButtonEvent;
     use storeguard::button::monotonic_now_ns;
     use storeguard::button::service::Buttons;
@@ -1154,6 +1162,19 @@ fn bench_alert_latency() {
         .unwrap()
         .config;
     let store = storeguard::store::Store::open(&cfg.storage.data_dir).unwrap();
+    if backlog > 0 {
+        let mut db = site.db();
+        let tx = db.transaction().unwrap();
+        let payload = vec![b'x'; 1000];
+        for i in 0..backlog {
+            tx.execute(
+                "INSERT INTO outbox(class, topic, payload, retain, created_ns) VALUES (3, 'health', ?1, 0, ?2)",
+                params![payload, i as i64],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
     let recorder =
         std::sync::Arc::new(storeguard::recording::Recorder::start(store.clone(), &cfg).unwrap());
     let key = storeguard::evidence::DeviceKey::load_or_create(&cfg.storage.data_dir.join("keys"))
@@ -1176,9 +1197,9 @@ fn bench_alert_latency() {
     let mut buttons = Buttons::start(&cfg.buttons, tx);
     let (mut edge_to_commit, mut signal_to_commit, mut edge_to_signal) =
         (Vec::new(), Vec::new(), Vec::new());
-    const N: usize = 200;
+    const WARMUP: usize = 5;
     rt.block_on(async {
-        for _ in 0..N + 5 {
+        for _ in 0..n + WARMUP {
             buttons
                 .press("till", Duration::from_millis(5), true)
                 .unwrap();
@@ -1201,10 +1222,12 @@ fn bench_alert_latency() {
         }
     });
     buttons.shutdown();
+    assert_eq!(store.events_since(0, 10_000).unwrap().len(), n + WARMUP);
     // The first few warm up SQLite's page cache and the runtime.
-    let skip = |v: Vec<f64>| v[5..].to_vec();
-    assert_eq!(store.events_since(0, 1000).unwrap().len(), N + 5);
-    println!("alert latency over {N} presses (debounce 1 ms, 4 cameras per press):");
+    let skip = |v: Vec<f64>| v[WARMUP..].to_vec();
+    println!(
+        "alert latency over {n} presses (debounce 1 ms, 4 cameras per press, outbox backlog {backlog}):"
+    );
     summary("  edge -> alert committed", skip(edge_to_commit));
     summary("  edge -> signal (debounce + thread)", skip(edge_to_signal));
     summary(
