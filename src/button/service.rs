@@ -34,8 +34,7 @@ pub struct ButtonStatus {
 
 struct Runner {
     inject: Sender<SimEdge>,
-    /// Monotonic ns until which a press counts as a test press.
-    test_until: Arc<AtomicU64>,
+    test: Arc<TestWindow>,
     wiring: Wiring,
     status: Arc<Mutex<ButtonStatus>>,
 }
@@ -45,6 +44,23 @@ pub struct Buttons {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// Monotonic span [from, until] covering the latest injected edges. An event stamped
+/// inside it was caused by the injection; a real press before or after it is not a test.
+#[derive(Default)]
+struct TestWindow {
+    from: AtomicU64,
+    until: AtomicU64,
+}
+
+impl TestWindow {
+    fn contains(&self, ts_ns: u64) -> bool {
+        self.from.load(Ordering::Relaxed) <= ts_ns && ts_ns <= self.until.load(Ordering::Relaxed)
+    }
+}
+
+/// Most edges one injected script may carry (a bounce storm is tens).
+pub const MAX_INJECTED_EDGES: usize = 1000;
 
 /// A real line with a test-injection side channel; whichever has an edge first wins.
 struct Merged<S> {
@@ -78,7 +94,7 @@ impl Buttons {
         let mut threads = Vec::new();
         for b in buttons {
             let (inject, sim) = SimulatedSource::channel();
-            let test_until = Arc::new(AtomicU64::new(0));
+            let test = Arc::new(TestWindow::default());
             let status = Arc::new(Mutex::new(ButtonStatus {
                 name: b.name.clone(),
                 source: if b.is_simulated() {
@@ -98,7 +114,7 @@ impl Buttons {
                 name: b.name.clone(),
                 tx: tx.clone(),
                 stop: stop.clone(),
-                test_until: test_until.clone(),
+                test: test.clone(),
                 status: status.clone(),
             };
             let t = if b.is_simulated() {
@@ -125,7 +141,7 @@ impl Buttons {
                 b.name.clone(),
                 Runner {
                     inject,
-                    test_until,
+                    test,
                     wiring: b.wiring,
                     status,
                 },
@@ -140,6 +156,41 @@ impl Buttons {
 
     /// Injects a press (press and release after `hold`) as edges on the button's source.
     pub fn press(&self, name: &str, hold: Duration, test: bool) -> Result<(), String> {
+        let wiring = self.runner(name)?.wiring;
+        self.inject(name, SimulatedSource::press_edges(wiring, hold), test)
+    }
+
+    /// Injects raw edges (levels as on the wire: `active` = circuit closed), offsets from
+    /// now, into the button's source, ahead of its debounce machine. With `test`, every
+    /// event stamped within the script's span (plus 2 s) is marked as a test.
+    pub fn inject(&self, name: &str, edges: Vec<SimEdge>, test: bool) -> Result<(), String> {
+        let r = self.runner(name)?;
+        if edges.len() > MAX_INJECTED_EDGES {
+            return Err(format!(
+                "{} edges for button {name:?}; at most {MAX_INJECTED_EDGES} per request",
+                edges.len()
+            ));
+        }
+        let span = edges.iter().map(|e| e.at).max().unwrap_or_default();
+        if test {
+            let now = super::monotonic_now_ns();
+            // Overlapping test injections extend one window: their edges merge into one
+            // press, which started under the first of them.
+            if now > r.test.until.load(Ordering::Relaxed) {
+                r.test.from.store(now, Ordering::Relaxed);
+            }
+            let until = now + (span + Duration::from_secs(2)).as_nanos() as u64;
+            r.test.until.fetch_max(until, Ordering::Relaxed);
+        }
+        for e in edges {
+            r.inject
+                .send(e)
+                .map_err(|_| format!("button {name:?} has stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn runner(&self, name: &str) -> Result<&Runner, String> {
         let r = self.runners.get(name).ok_or_else(|| {
             let mut known: Vec<&str> = self.runners.keys().map(|s| s.as_str()).collect();
             known.sort();
@@ -148,30 +199,14 @@ impl Buttons {
                 known.join(", ")
             )
         })?;
-        if r.status
-            .lock()
-            .map(|s| s.state == "failed")
-            .unwrap_or(false)
-        {
+        let st = r.status.lock().unwrap_or_else(|p| p.into_inner());
+        if st.state == "failed" {
             return Err(format!(
                 "button {name:?} is not running: {}",
-                r.status
-                    .lock()
-                    .map(|s| s.error.clone().unwrap_or_default())
-                    .unwrap_or_default()
+                st.error.clone().unwrap_or_default()
             ));
         }
-        if test {
-            let until =
-                super::monotonic_now_ns() + (hold + Duration::from_secs(2)).as_nanos() as u64;
-            r.test_until.store(until, Ordering::Relaxed);
-        }
-        for e in SimulatedSource::press_edges(r.wiring, hold) {
-            r.inject
-                .send(e)
-                .map_err(|_| format!("button {name:?} has stopped"))?;
-        }
-        Ok(())
+        Ok(r)
     }
 
     pub fn status(&self) -> Vec<ButtonStatus> {
@@ -202,7 +237,7 @@ struct Ctx {
     name: String,
     tx: tokio::sync::mpsc::UnboundedSender<Signal>,
     stop: Arc<AtomicBool>,
-    test_until: Arc<AtomicU64>,
+    test: Arc<TestWindow>,
     status: Arc<Mutex<ButtonStatus>>,
 }
 
@@ -218,8 +253,9 @@ fn spawn<S: EdgeSource + 'static>(
                     Ok(events) => {
                         for event in events {
                             let utc = super::monotonic_to_utc_now(event.ts_ns());
-                            let test = matches!(event, ButtonEvent::Pressed { .. })
-                                && event.ts_ns() <= ctx.test_until.load(Ordering::Relaxed);
+                            // Faults from an injected hold are tests too: a technician's
+                            // long test press must not raise a real fault upstream.
+                            let test = ctx.test.contains(event.ts_ns());
                             let state = match event {
                                 ButtonEvent::Pressed { .. } => "pressed",
                                 ButtonEvent::Released { .. }

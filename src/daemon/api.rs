@@ -23,6 +23,7 @@ impl Service for Api {
                     Response::ok(json!({ "buttons": self.buttons().status() }))
                 }
                 ("POST", ["v1", "buttons", name, "press"]) => self.press(name, &req),
+                ("POST", ["v1", "buttons", name, "edges"]) => self.edges(name, &req),
                 ("GET", ["v1", "buttons", "watch"]) => self.watch(),
                 ("GET", ["v1", "events"]) => self.events(&req).await,
                 ("POST", ["v1", "clips"]) => self.export(&req).await,
@@ -148,6 +149,38 @@ impl Api {
                 )
             }
             Err(e) => Response::error(404, e),
+        }
+    }
+
+    /// Test hook: replays a script of raw edges (`<offset> on|off` per line, see
+    /// `button::sim`) through the button's debounce machine. Always marked as a test.
+    fn edges(&self, name: &str, req: &Request) -> Response {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            script: String,
+        }
+        let b: Body = match req.json() {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let edges = match crate::button::sim::parse_script(&b.script) {
+            Ok(e) => e,
+            Err(e) => return Response::error(400, e.to_string()),
+        };
+        let n = edges.len();
+        match self.buttons().inject(name, edges, true) {
+            Ok(()) => {
+                tracing::info!(
+                    button = name,
+                    edges = n,
+                    uid = req.peer.uid,
+                    "test edges injected through the control socket"
+                );
+                Response::Json(202, json!({ "button": name, "test": true, "edges": n }))
+            }
+            Err(e) if e.starts_with("no button") => Response::error(404, e),
+            Err(e) if e.contains("at most") => Response::error(400, e),
+            Err(e) => Response::error(503, e),
         }
     }
 

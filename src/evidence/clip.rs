@@ -71,6 +71,8 @@ pub fn available(store: &Store, camera: &str) -> String {
     }
 }
 
+/// Cuts, remuxes, hashes and signs one clip for a pending clip row (see the module docs).
+/// A file already at the clip's path is an unsealed earlier attempt and is replaced.
 pub fn cut(
     store: &Store,
     key: &DeviceKey,
@@ -135,6 +137,7 @@ pub fn cut(
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
+    remove_unsealed_attempt(&path)?;
     let info = remux_ts_to_mp4(&slices, &path).map_err(|e| ClipError::Cut {
         camera: spec.camera_id.to_string(),
         detail: e.to_string(),
@@ -185,6 +188,22 @@ pub fn cut(
         manifest_path,
         manifest: m,
     })
+}
+
+/// Clip paths are per clip row and only pending rows are cut, so a file already there is
+/// an earlier attempt at this clip that was never sealed (a crash between the remux's
+/// rename and the sealing commit). Its footage is still locked in the ring: cut it again.
+fn remove_unsealed_attempt(path: &Path) -> std::io::Result<()> {
+    for p in [path.to_path_buf(), super::manifest::sidecar_path(path)] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {
+                tracing::warn!(path = %p.display(), "replacing an unsealed clip left by an earlier attempt")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(super::io_context(e, "remove unsealed", &p)),
+        }
+    }
+    Ok(())
 }
 
 pub fn event_ref(uid: &str, kind: EventKind, test: bool) -> EventRef {

@@ -304,13 +304,13 @@ pub enum VerifyError {
     SignatureMismatch { path: PathBuf, key_id: String },
     #[error("cannot read clip {path}: {source}")]
     ClipRead { path: PathBuf, source: io::Error },
-    #[error("clip {path}: size is {found} bytes, manifest says {expected}")]
+    #[error("clip {path}: size mismatch: {found} bytes, manifest says {expected}")]
     SizeMismatch {
         path: PathBuf,
         expected: u64,
         found: u64,
     },
-    #[error("clip {path}: SHA-256 is {found}, manifest says {expected}")]
+    #[error("clip {path}: hash mismatch: SHA-256 is {found}, manifest says {expected}")]
     HashMismatch {
         path: PathBuf,
         expected: String,

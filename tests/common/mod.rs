@@ -461,3 +461,24 @@ pub fn curl(socket: &Path, extra: &[&str], path: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_string())
 }
+
+/// Polls `cond` until it holds; panics with `what` after `limit` (for waits longer than
+/// DEADLINE, such as a clip's post-roll).
+#[track_caller]
+pub fn wait_until_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Site {
+    /// A connection to the daemon's database, for reading what it committed (WAL mode:
+    /// readers don't block the daemon).
+    pub fn db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.data_dir().join("storeguard.db")).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+}
