@@ -241,7 +241,14 @@ impl SegmentWriter {
             self.gap_open = false;
             self.down_reason = None;
         } else if let Some(end) = self.last_end_ns
-            && dts - end > GAP_THRESHOLD_NS
+            && dts - end
+                > if self.down_reason.is_some() {
+                    // A known outage (the recorder restarted) is a gap however short: a
+                    // quick restart still leaves a hole in the index.
+                    self.frame_ns / 2
+                } else {
+                    GAP_THRESHOLD_NS
+                }
         {
             let reason = self
                 .down_reason
