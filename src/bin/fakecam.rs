@@ -4,6 +4,8 @@
 //! (RTP/JPEG). Encodes ONCE per codec and fans the access units out to one `appsrc` per
 //! client media: an encoder per camera would saturate the box at 24 cameras.
 //!
+//! With `--auth USER:PASS` every mount needs those credentials (basic auth).
+//!
 //! stdout: one `READY rtsp://127.0.0.1:PORT/` line, then one `OK ...`/`ERR ...` reply per
 //! stdin command: `stop NAME`, `start NAME`, `stall NAME`, `resume NAME`, `stats`, `quit`.
 //! EOF on stdin quits. Logs go to stderr.
@@ -67,6 +69,10 @@ struct Args {
     /// Where transcoded file sources are cached.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Require RTSP basic authentication as USER:PASS on every mount; other clients get
+    /// 401 Unauthorized, as a camera with a changed password would answer.
+    #[arg(long, value_name = "USER:PASS")]
+    auth: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -604,6 +610,15 @@ fn run(args: &Args) -> Result<()> {
     let mounts = server
         .mount_points()
         .context("RTSP server has no mount points")?;
+    let auth = args.auth.as_deref().map(parse_auth).transpose()?;
+    if let Some((user, pass)) = &auth {
+        let a = rtsp::RTSPAuth::new();
+        let token = rtsp::RTSPToken::builder()
+            .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, AUTH_ROLE)
+            .build();
+        a.add_basic(&rtsp::RTSPAuth::make_basic(user, pass), &token);
+        server.set_auth(Some(&a));
+    }
     let mut cams = Vec::new();
     for hub in &hubs {
         let names: Vec<String> = match hub.codec {
@@ -615,6 +630,14 @@ fn run(args: &Args) -> Result<()> {
         };
         for name in names {
             let cam = make_camera(name, hub.clone());
+            if auth.is_some() {
+                cam.factory.add_role_from_structure(
+                    &gst::Structure::builder(AUTH_ROLE)
+                        .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                        .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                        .build(),
+                );
+            }
             mounts.add_factory(&cam.path(), cam.factory.clone());
             cams.push(cam);
         }
@@ -668,6 +691,17 @@ fn run(args: &Args) -> Result<()> {
         let _ = p.set_state(gst::State::Null);
     }
     Ok(())
+}
+
+/// The role `--auth` grants; anonymous clients have none, so they are refused.
+const AUTH_ROLE: &str = "viewer";
+
+/// `USER:PASS` of `--auth`.
+fn parse_auth(s: &str) -> Result<(String, String)> {
+    match s.split_once(':') {
+        Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok((u.to_string(), p.to_string())),
+        _ => bail!("--auth wants USER:PASS, both non-empty"),
+    }
 }
 
 fn make_camera(name: String, hub: Arc<Hub>) -> Arc<Camera> {

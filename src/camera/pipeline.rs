@@ -56,6 +56,7 @@ pub struct GstCamera {
     writer: SharedWriter,
     on_write_error: Arc<dyn Fn() + Send + Sync>,
     pipeline: Option<gst::Pipeline>,
+    started: std::time::Instant,
     live: Arc<Live>,
 }
 
@@ -74,6 +75,7 @@ impl GstCamera {
             writer,
             on_write_error,
             pipeline: None,
+            started: std::time::Instant::now(),
             live: Arc::new(Live::default()),
         }
     }
@@ -131,8 +133,8 @@ impl GstCamera {
         src.connect_pad_added(move |_src, pad| {
             let Some(pipeline) = pw.upgrade() else { return };
             if let Err(e) = link_stream(&pipeline, pad, ctx.clone()) {
-                tracing::error!(camera = %ctx.camera, "{e}");
-                *lock(&ctx.live.fatal) = Some(e);
+                // The supervisor logs it (once) with the camera's URL.
+                lock(&ctx.live.fatal).get_or_insert(e);
             }
         });
         Ok(p)
@@ -253,8 +255,12 @@ fn link_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, ctx: Arc<Ctx>) -> Resul
         "H265" => ("rtph265depay", "h265parse", "video/x-h265"),
         other => {
             return Err(format!(
-                "camera sends {} video ({other}); only H.264 and H.265 can be recorded without transcoding — set the camera's encoder to H.264 or H.265",
-                if other.is_empty() { "unknown" } else { other }
+                "unsupported codec: camera sends {} video; only H.264 and H.265 can be recorded without transcoding — set the camera's encoder to H.264 or H.265",
+                if other.is_empty() {
+                    "an unknown kind of"
+                } else {
+                    other
+                }
             ));
         }
     };
@@ -449,6 +455,7 @@ impl CameraSource for GstCamera {
     fn start(&mut self) -> Result<(), String> {
         self.stop();
         self.live = Arc::new(Live::default());
+        self.started = std::time::Instant::now();
         let p = self.build()?;
         p.set_state(gst::State::Playing)
             .map_err(|_| format!("{}: pipeline refused to start", mask_url(&self.url)))?;
@@ -462,6 +469,9 @@ impl CameraSource for GstCamera {
         }
     }
 
+    /// At most one failure per poll: the first is the cause, and what follows it (a
+    /// not-linked error after an unsupported codec, EOS after an error) would only
+    /// overwrite it and count as extra reconnects.
     fn poll(&mut self) -> Vec<SourceEvent> {
         let mut out = Vec::new();
         if let Some(msg) = lock(&self.live.fatal).take() {
@@ -472,15 +482,19 @@ impl CameraSource for GstCamera {
         while let Some(m) = bus.pop() {
             use gst::MessageView;
             match m.view() {
-                MessageView::Error(e) => {
+                MessageView::Error(e) if out.is_empty() => {
                     let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
                     out.push(SourceEvent::Failed(describe_error(
                         &e.error().to_string(),
                         &debug,
+                        self.started.elapsed(),
                     )));
                 }
+                MessageView::Error(e) => {
+                    tracing::debug!(camera = %self.id, error = %e.error(), "further pipeline error");
+                }
                 // rtspsrc reports a server that went away as EOS, not as an error.
-                MessageView::Eos(_) => out.push(SourceEvent::Failed(
+                MessageView::Eos(_) if out.is_empty() => out.push(SourceEvent::Failed(
                     "stream ended: camera closed the connection".into(),
                 )),
                 MessageView::Warning(w) => {
@@ -503,21 +517,29 @@ impl Drop for GstCamera {
     }
 }
 
-/// Turns GStreamer's error text into something a technician can act on.
-fn describe_error(msg: &str, debug: &str) -> String {
+/// Turns GStreamer's error text into something a technician can act on. `elapsed`:
+/// time since the attempt started. rtspsrc says only "Failed to connect. (Generic
+/// error)" both for a refused connection, which fails at once, and for a host that
+/// doesn't answer, which fails after seconds, so the time tells them apart.
+fn describe_error(msg: &str, debug: &str, elapsed: std::time::Duration) -> String {
     let d = debug.to_ascii_lowercase();
     let hint = if d.contains("401") || d.contains("unauthorized") {
         "authentication failed: check username/password"
     } else if d.contains("404") || d.contains("not found") {
         "stream path not found on the camera: check the URL path"
-    } else if d.contains("connection refused") || d.contains("could not connect") {
-        "connection refused: camera down or wrong port"
+    } else if d.contains("connection refused")
+        || (d.contains("failed to connect")
+            && d.contains("generic error")
+            && elapsed < std::time::Duration::from_secs(1))
+    {
+        "connection refused: camera down, or wrong IP address or port"
     } else if d.contains("timeout")
         || d.contains("timed out")
         || d.contains("no route")
         || d.contains("unreachable")
+        || d.contains("failed to connect")
     {
-        "camera unreachable: check power, cabling and IP address"
+        "connection failed: camera unreachable or not answering (check power, cabling, IP address and port)"
     } else {
         ""
     };
@@ -526,5 +548,29 @@ fn describe_error(msg: &str, debug: &str) -> String {
         (false, _) => format!("{hint} ({msg})"),
         (true, false) => format!("{msg}: {first_debug}"),
         (true, true) => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_error;
+    use std::time::Duration;
+
+    const CONNECT: &str = "Could not open resource for reading and writing.";
+
+    #[test]
+    fn errors_name_their_cause() {
+        let quick = Duration::from_millis(20);
+        let slow = Duration::from_secs(3);
+        let d = |debug: &str, t| describe_error(CONNECT, debug, t);
+        assert!(d("gstrtspsrc.c: Unauthorized (401)", quick).starts_with("authentication failed"));
+        assert!(d("gstrtspsrc.c: Not found (404)", quick).starts_with("stream path not found"));
+        let generic =
+            "gstrtspsrc.c(8336): gst_rtspsrc_retrieve_sdp ():\nFailed to connect. (Generic error)";
+        assert!(d(generic, quick).starts_with("connection refused"));
+        assert!(d(generic, slow).starts_with("connection failed: camera unreachable"));
+        let timeout = "Could not receive message. (Timeout while waiting for server response)";
+        assert!(d(timeout, slow).starts_with("connection failed"));
+        assert_eq!(describe_error("odd", "", quick), "odd");
     }
 }

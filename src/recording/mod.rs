@@ -14,6 +14,7 @@ pub mod writer;
 
 use crate::config::Config;
 use crate::store::Store;
+use crate::store::recording::{GapChange, SegmentProgress};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,10 @@ use std::time::{Duration, Instant};
 pub use writer::{Frame, SegmentWriter, StreamFormat};
 
 pub type SharedWriter = Arc<Mutex<SegmentWriter>>;
+
+/// Rows kept for a retry after failed commits; a day of 24 cameras at 1 s rounds is far
+/// more than a disk-full episode lasts.
+const MAX_UNCOMMITTED: usize = 100_000;
 
 pub fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
@@ -36,6 +41,9 @@ struct Shared {
     /// Set by a writer that hit a write error (disk full): evict now, not at the next round.
     evict_now: AtomicBool,
     status: Mutex<ring::RingStatus>,
+    /// Index rows whose commit failed (disk full): committed again with the next round,
+    /// or their segments would never be evicted and their gaps never shown.
+    uncommitted: Mutex<(Vec<SegmentProgress>, Vec<GapChange>)>,
 }
 
 pub struct Recorder {
@@ -61,6 +69,7 @@ impl Recorder {
             stop: AtomicBool::new(false),
             evict_now: AtomicBool::new(true),
             status: Mutex::new(ring::RingStatus::default()),
+            uncommitted: Mutex::new((Vec::new(), Vec::new())),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -210,10 +219,27 @@ fn report_shortfalls(
 /// One durability round: flush each writer (briefly holding its lock), fsync the files
 /// without any lock held, then index what was synced.
 fn sync_round(shared: &Shared, writers: &[SharedWriter]) {
-    let mut segments = Vec::new();
-    let mut gaps = Vec::new();
+    // Rows a failed round left behind (disk full) are committed first, before the writers
+    // take whatever space eviction has just freed: without them in the index those
+    // segments could never be evicted.
+    let pending = std::mem::take(&mut *lock(&shared.uncommitted));
+    let retry_ok = (pending.0.is_empty() && pending.1.is_empty()) || commit(shared, &pending);
+    let (mut segments, mut gaps) = if retry_ok {
+        (Vec::new(), Vec::new())
+    } else {
+        pending
+    };
     for w in writers {
-        let cp = lock(w).checkpoint();
+        let cp = {
+            let mut w = lock(w);
+            let errors = w.stats.write_errors;
+            let cp = w.checkpoint();
+            if w.stats.write_errors != errors {
+                // A full disk: make room now rather than at the next eviction round.
+                shared.evict_now.store(true, Ordering::Relaxed);
+            }
+            cp
+        };
         gaps.extend(cp.gaps);
         for (progress, file) in cp.items {
             match file.sync_data() {
@@ -246,7 +272,36 @@ fn sync_round(shared: &Shared, writers: &[SharedWriter]) {
     for d in dirs {
         let _ = crate::store::sync_dir(&d);
     }
-    if let Err(e) = shared.store.commit_sync(&segments, &gaps) {
-        tracing::error!("indexing recorded segments failed: {e}");
+    // Behind rows that failed, these must wait too: a gap's close can't precede its open.
+    let batch = (segments, gaps);
+    if !retry_ok || !commit(shared, &batch) {
+        let (mut segments, mut gaps) = batch;
+        let mut u = lock(&shared.uncommitted);
+        // Keep order: these rows came before anything a concurrent round queued.
+        segments.append(&mut u.0);
+        gaps.append(&mut u.1);
+        if segments.len() + gaps.len() > MAX_UNCOMMITTED {
+            tracing::error!(
+                "index rows pending for too long; dropping {} (start-up reconciliation indexes their files again)",
+                segments.len() + gaps.len()
+            );
+            return;
+        }
+        *u = (segments, gaps);
+    }
+}
+
+fn commit(shared: &Shared, rows: &(Vec<SegmentProgress>, Vec<GapChange>)) -> bool {
+    match shared.store.commit_sync(&rows.0, &rows.1) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(
+                segments = rows.0.len(),
+                gaps = rows.1.len(),
+                "indexing recorded segments failed, retrying with the next round: {e}"
+            );
+            shared.evict_now.store(true, Ordering::Relaxed);
+            false
+        }
     }
 }

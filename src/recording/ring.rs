@@ -9,12 +9,14 @@
 use super::now_ns;
 use crate::config::{Budget, Config};
 use crate::store::Store;
-use crate::store::recording::CameraUsage;
+use crate::store::recording::{CameraUsage, is_disk_full};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 
 const DAY_NS: f64 = 86_400e9;
+const SHORTFALL_REPORT_EVERY_NS: i64 = 600_000_000_000;
+static LAST_SHORTFALL_REPORT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -149,14 +151,18 @@ pub fn enforce(store: &Store, policy: &Policy) -> anyhow::Result<RingStatus> {
             if need == 0 {
                 break;
             }
-            store.delete_segment(seg.id)?;
             let path = store.data_dir().join(&seg.path);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "could not delete evicted segment")
+            match store.delete_segment(seg.id) {
+                Ok(()) => remove_segment_file(&path),
+                Err(e) if is_disk_full(&e) => {
+                    // Even a delete needs room in SQLite's journal, and the disk is full:
+                    // free the file first. A crash in between leaves a row without its
+                    // file, which start-up reconciliation removes.
+                    tracing::warn!(path = %seg.path, "disk full: deleting an evicted segment's file before its index row");
+                    remove_segment_file(&path);
+                    store.delete_segment(seg.id)?;
                 }
+                Err(e) => return Err(e.into()),
             }
             need = need.saturating_sub(seg.bytes);
             status.evicted_segments += 1;
@@ -178,12 +184,31 @@ pub fn enforce(store: &Store, policy: &Policy) -> anyhow::Result<RingStatus> {
     status.used_bytes = usage.values().map(|u| u.bytes).sum();
     if need > 0 {
         status.locked_over_budget = true;
-        let msg = format!(
-            "cannot free {} more bytes: everything left is locked evidence ({} locked, budget {}); recording continues over budget",
-            need, status.locked_bytes, budget
-        );
-        tracing::error!("{msg}");
-        store.health_event(now, "ring_locked_over_budget", None, &msg)?;
+        let free = fs_space(store.data_dir()).map(|s| s.1).unwrap_or(0);
+        let msg = if status.used_bytes > budget {
+            format!(
+                "cannot free {} more bytes: everything left is locked evidence ({} locked, budget {}); recording continues over budget",
+                need, status.locked_bytes, budget
+            )
+        } else {
+            format!(
+                "the disk holding the recordings has {free} bytes free, under the {} bytes kept in reserve, and no more recordings can be evicted ({} bytes of recordings, {} locked): other data is filling the disk",
+                reserve(fs_total),
+                status.used_bytes,
+                status.locked_bytes
+            )
+        };
+        // Every pass finds this again while it lasts: report it now and then, not every 5 s.
+        let last = LAST_SHORTFALL_REPORT.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= SHORTFALL_REPORT_EVERY_NS {
+            LAST_SHORTFALL_REPORT.store(now, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("{msg}");
+            if let Err(e) = store.health_event(now, "ring_locked_over_budget", None, &msg) {
+                tracing::error!("recording a health event failed: {e}");
+            }
+        } else {
+            tracing::debug!("{msg}");
+        }
     }
     status.fs_free_bytes = fs_space(store.data_dir()).map(|s| s.1).unwrap_or(0);
     for (cam, _, _) in &policy.cameras {
@@ -208,6 +233,16 @@ pub fn enforce(store: &Store, policy: &Policy) -> anyhow::Result<RingStatus> {
         });
     }
     Ok(status)
+}
+
+fn remove_segment_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete evicted segment")
+        }
+    }
 }
 
 /// Cameras whose share can't hold the retention target at their bitrate.

@@ -49,6 +49,16 @@ struct Open {
     params: Option<Vec<u8>>,
     format: StreamFormat,
     new_keyframes: Vec<(i64, u64)>,
+    /// Extent at the last checkpoint that flushed cleanly: what is known to be in the
+    /// file, whole frames only. A later failed write cuts the segment back to it.
+    flushed: Extent,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Extent {
+    bytes: u64,
+    end_ns: i64,
+    frames: u64,
 }
 
 /// What the syncer must make durable and index for one camera.
@@ -191,7 +201,13 @@ impl SegmentWriter {
         };
         if rotate {
             self.close_current();
-            self.open(f.pts_utc_ns.min(dts), format, params.clone())?;
+            if let Err(e) = self.open(f.pts_utc_ns.min(dts), format, params.clone()) {
+                self.stats.write_errors += 1;
+                self.stats.last_error = Some(e.to_string());
+                let at = self.last_end_ns.unwrap_or(dts);
+                self.mark_down(&format!("cannot create a segment: {e}"), at);
+                return Err(e);
+            }
         }
         let ts_w = self.ts.as_mut().expect("format set");
         let cur = self.cur.as_mut().expect("segment open");
@@ -218,14 +234,14 @@ impl SegmentWriter {
                 Ok(())
             }
             Err(e) => {
-                // The file's tail is undefined now: end the segment where the last good
-                // frame ended and record the lost time as a gap, never silently.
+                // The file's tail is undefined now: the segment ends where its last
+                // flushed frame ended, and the lost time is a gap, never silent.
                 self.stats.write_errors += 1;
                 self.stats.last_error = Some(e.to_string());
-                let at = self.last_end_ns.unwrap_or(dts);
                 if let Some(c) = self.cur.take() {
                     self.finish(c);
                 }
+                let at = self.last_end_ns.unwrap_or(dts);
                 self.mark_down(&format!("write failed: {e}"), at);
                 Err(e)
             }
@@ -241,7 +257,14 @@ impl SegmentWriter {
             self.gap_open = false;
             self.down_reason = None;
         } else if let Some(end) = self.last_end_ns
-            && dts - end > GAP_THRESHOLD_NS
+            && dts - end
+                > if self.down_reason.is_some() {
+                    // A known outage (the recorder restarted) is a gap however short: a
+                    // quick restart still leaves a hole in the index.
+                    self.frame_ns / 2
+                } else {
+                    GAP_THRESHOLD_NS
+                }
         {
             let reason = self
                 .down_reason
@@ -279,6 +302,11 @@ impl SegmentWriter {
             params,
             format,
             new_keyframes: Vec::new(),
+            flushed: Extent {
+                bytes: 0,
+                end_ns: start_ns,
+                frames: 0,
+            },
         });
         self.stats.segments += 1;
         Ok(())
@@ -290,25 +318,54 @@ impl SegmentWriter {
         }
     }
 
+    /// Closes a segment and queues it for the syncer. If its buffered tail can't be
+    /// written (disk full), the file is cut back to the last clean checkpoint and indexed
+    /// as that: a segment the index doesn't know would never be evicted.
     fn finish(&mut self, mut c: Open) {
-        let _ = c.file.flush();
-        let bytes = self.bytes_of(&c);
+        let flushed = c.file.flush();
+        if flushed.is_ok() {
+            let bytes = self.bytes_of(&c);
+            let p = progress(
+                &self.camera,
+                &c.rel,
+                &c,
+                bytes,
+                STATE_CLOSED,
+                self.time_source,
+            );
+            self.closed.push((p, into_file(c.file)));
+            return;
+        }
+        let keep = c.flushed;
+        if let Err(e) = &flushed {
+            tracing::error!(camera = %self.camera, path = %c.rel, error = %e, kept_bytes = keep.bytes, "closing segment failed; keeping what was flushed before");
+        }
+        self.last_end_ns = Some(keep.end_ns);
+        c.end_ns = keep.end_ns;
+        c.frames = keep.frames;
+        c.new_keyframes.retain(|k| k.1 < keep.bytes);
         let p = progress(
             &self.camera,
             &c.rel,
             &c,
-            bytes,
+            keep.bytes,
             STATE_CLOSED,
             self.time_source,
         );
-        match c.file.into_inner() {
-            Ok(file) => {
-                self.closed.push((p, file));
+        let abs = self.data_dir.join(&c.rel);
+        let file = into_file(c.file);
+        if keep.frames == 0 {
+            drop(file);
+            if let Err(e) = std::fs::remove_file(&abs) {
+                tracing::warn!(path = %abs.display(), error = %e, "removing an empty segment failed");
             }
-            Err(e) => {
-                tracing::error!(camera = %self.camera, path = %c.rel, error = %e.error(), "closing segment failed")
-            }
+            return;
         }
+        // Cutting the unflushed tail also gives its space back.
+        if let Err(e) = file.set_len(keep.bytes) {
+            tracing::warn!(path = %abs.display(), error = %e, "cutting a segment back to its flushed end failed");
+        }
+        self.closed.push((p, file));
     }
 
     fn bytes_of(&self, c: &Open) -> u64 {
@@ -324,6 +381,11 @@ impl SegmentWriter {
             match (flushed, c.file.get_ref().try_clone()) {
                 (Ok(()), Ok(f)) => {
                     let bytes = self.bytes_of(&c);
+                    c.flushed = Extent {
+                        bytes,
+                        end_ns: c.end_ns,
+                        frames: c.frames,
+                    };
                     let mut p = progress(
                         &self.camera,
                         &c.rel,
@@ -340,9 +402,9 @@ impl SegmentWriter {
                     tracing::error!(camera = %self.camera, path = %c.rel, error = %e, "flushing segment failed; closing it");
                     self.stats.write_errors += 1;
                     self.stats.last_error = Some(e.to_string());
-                    let at = self.last_end_ns.unwrap_or(0);
                     self.finish(c);
                     items.append(&mut self.closed);
+                    let at = self.last_end_ns.unwrap_or(0);
                     self.mark_down(&format!("write failed: {e}"), at);
                 }
             }
@@ -366,6 +428,11 @@ impl SegmentWriter {
     pub fn current_path(&self) -> Option<&str> {
         self.cur.as_ref().map(|c| c.rel.as_str())
     }
+}
+
+/// The file under a buffered writer, dropping whatever it could not write.
+fn into_file(w: BufWriter<File>) -> File {
+    w.into_parts().0
 }
 
 fn progress(

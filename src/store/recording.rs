@@ -1,6 +1,6 @@
 //! SQL for the recording ring: segments, keyframes, gaps, retention locks, health events.
 
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -75,6 +75,12 @@ pub struct CameraUsage {
     pub segments: u64,
     pub oldest_ns: Option<i64>,
     pub newest_ns: Option<i64>,
+}
+
+/// SQLite could not write because the disk is full.
+pub fn is_disk_full(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite { source, .. }
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
 }
 
 const SEGMENT_COLS: &str =
