@@ -291,10 +291,15 @@ impl Link {
         self.cache.clear();
         self.cache_stale = true;
         self.chunks_in_flight = 0;
-        if let Some(a) = &mut self.active {
+        if let Some(a) = &mut self.active
+            && was
+        {
             a.rewind();
             let at = a.acked;
             if let Some(u) = &mut self.shared().upload {
+                if u.resumed_from.len() >= 16 {
+                    u.resumed_from.remove(0);
+                }
                 u.resumed_from.push(at);
             }
         }
