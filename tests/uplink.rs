@@ -4,6 +4,8 @@
 //! Deadlines are generous and only bound the wait for an outcome; nothing asserts speed
 //! (see `bench_uplink`, ignored by default, for figures).
 
+#![cfg(feature = "fixtures")]
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
