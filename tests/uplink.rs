@@ -969,6 +969,49 @@ fn mutual_tls_works_and_a_wrong_ca_fails_clearly() {
 }
 
 #[test]
+fn receiver_that_missed_the_upload_gets_it_again() {
+    // No receiver while the clip goes up: the broker drops it all (no subscriber).
+    let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+    let dev = Device::new(
+        "box-r",
+        &format!(
+            "broker = \"{}\"\nchunk_size = \"16KiB\"\nack_timeout = \"1s\"",
+            broker.url()
+        ),
+    );
+    let clip_path = dev.clip("clip-r", 100_000);
+    let up = dev.start();
+    wait_until(20, "the upload to be sent", || {
+        dev.store.upload("clip-r").unwrap().map(|u| u.state) == Some(UploadState::Sent)
+    });
+
+    // The device re-sends the final chunk; the receiver asks for the bytes from 0, then
+    // (having no manifest) for the manifest, then verifies.
+    let rx = Rx::start(&broker.url());
+    wait_until(30, "the clip to verify", || {
+        !rx.clips_from("box-r").is_empty()
+    });
+    wait_until(15, "the clip ack", || dev.clip_state("clip-r") == "acked");
+    assert!(rx.stderr_has("bytes missing"), "asked for missing bytes");
+    assert!(
+        rx.stderr_has("manifest is missing"),
+        "asked for the manifest"
+    );
+    let stored = rx
+        .out
+        .join("clips")
+        .join(SITE)
+        .join("box-r")
+        .join("clip-r.mp4");
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        std::fs::read(&clip_path).unwrap()
+    );
+    assert_eq!(rx.clips_from("box-r").len(), 1);
+    up.shutdown();
+}
+
+#[test]
 fn username_and_password() {
     let broker = MosquittoBroker::start(BrokerOpts {
         users: vec![

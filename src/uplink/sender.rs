@@ -282,8 +282,9 @@ impl Link {
         self.flush();
         let was = self.connected;
         self.connected = false;
-        for id in &self.rows_in_flight {
-            let _ = self.store.outbox_mark_attempt(*id);
+        let ids: Vec<i64> = self.rows_in_flight.iter().copied().collect();
+        if let Err(e) = self.store.outbox_mark_attempts(&ids) {
+            tracing::warn!("uplink: counting send attempts: {e}");
         }
         self.fifo.clear();
         self.by_pkid.clear();
