@@ -1012,6 +1012,38 @@ fn receiver_that_missed_the_upload_gets_it_again() {
 }
 
 #[test]
+fn a_clip_that_fails_verification_is_never_released() {
+    let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+    let rx = Rx::start(&broker.url());
+    rx.wait_subscribed(1);
+    let dev = Device::new(
+        "box-x",
+        &format!("broker = \"{}\"\nchunk_size = \"16KiB\"", broker.url()),
+    );
+    let path = dev.clip("clip-x", 50_000);
+    // Damaged on disk after it was sealed and signed (same size, one byte changed).
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[25_000] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let up = dev.start();
+    wait_until(30, "the upload to be given up", || {
+        dev.store.upload("clip-x").unwrap().map(|u| u.state) == Some(UploadState::Failed)
+    });
+    let u = dev.store.upload("clip-x").unwrap().unwrap();
+    assert_eq!(u.attempts, 3, "{u:?}");
+    assert!(u.error.as_deref().unwrap().contains("SHA-256"), "{u:?}");
+    assert_eq!(dev.clip_state("clip-x"), "sealed", "retention lock kept");
+    assert!(rx.clips_from("box-x").is_empty());
+    assert!(
+        up.status()["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("clip-x")
+    );
+    up.shutdown();
+}
+
+#[test]
 fn username_and_password() {
     let broker = MosquittoBroker::start(BrokerOpts {
         users: vec![
