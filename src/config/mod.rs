@@ -592,7 +592,7 @@ impl Validator {
     }
 
     /// Ids end up in MQTT topics and file names: keep them to a safe alphabet.
-    pub(crate) fn ident(&mut self, field: &str, s: &str) {
+    fn ident(&mut self, field: &str, s: &str) {
         if s.is_empty() {
             self.err(field, "must not be empty");
         } else if s.len() > 64 {

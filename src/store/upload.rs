@@ -190,6 +190,27 @@ impl Store {
         Ok(begun)
     }
 
+    /// Counts one more send attempt for each of `ids` (rows in flight when a
+    /// connection was lost), in one transaction.
+    pub fn outbox_mark_attempts(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn();
+        let r = (|| {
+            let tx = c.transaction()?;
+            {
+                let mut st =
+                    tx.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?;
+                for id in ids {
+                    st.execute([id])?;
+                }
+            }
+            tx.commit()
+        })();
+        self.sq(r)
+    }
+
     /// Moves an outbox row the broker cannot take into `outbox_rejected`, with the reason.
     pub fn outbox_reject(&self, id: i64, reason: &str, now_ns: i64) -> Result<bool> {
         let mut c = self.conn();

@@ -282,8 +282,9 @@ impl Link {
         self.flush();
         let was = self.connected;
         self.connected = false;
-        for id in &self.rows_in_flight {
-            let _ = self.store.outbox_mark_attempt(*id);
+        let ids: Vec<i64> = self.rows_in_flight.iter().copied().collect();
+        if let Err(e) = self.store.outbox_mark_attempts(&ids) {
+            tracing::warn!("uplink: counting send attempts: {e}");
         }
         self.fifo.clear();
         self.by_pkid.clear();
@@ -291,10 +292,15 @@ impl Link {
         self.cache.clear();
         self.cache_stale = true;
         self.chunks_in_flight = 0;
-        if let Some(a) = &mut self.active {
+        if let Some(a) = &mut self.active
+            && was
+        {
             a.rewind();
             let at = a.acked;
             if let Some(u) = &mut self.shared().upload {
+                if u.resumed_from.len() >= 16 {
+                    u.resumed_from.remove(0);
+                }
                 u.resumed_from.push(at);
             }
         }

@@ -395,3 +395,105 @@ mod tests {
         assert!(String::from_utf8_lossy(&p).contains("\"final\":true"));
     }
 }
+
+#[cfg(test)]
+mod samples {
+    /// Writes one payload of each kind to $SG_SAMPLES_DIR (for schema checks by hand).
+    #[test]
+    fn write_samples() {
+        use super::*;
+        let Some(dir) = std::env::var_os("SG_SAMPLES_DIR") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let w = |name: &str, b: &[u8]| std::fs::write(dir.join(name), b).unwrap();
+        w("status-online.json", &Status::online("s1", "d1"));
+        w("status-offline.json", &Status::offline_clean("s1", "d1"));
+        w("status-will.json", &Status::offline_will("s1", "d1"));
+        let ev = EventRow {
+            id: 1,
+            uid: "ev-1".into(),
+            kind: "isb_press".into(),
+            source: "till".into(),
+            at_ns: now_ns(),
+            test: false,
+            detail: serde_json::json!({}),
+        };
+        w(
+            "alert.json",
+            &with_msg_id(&alert_payload(&ev, &["c1".into()]), "d1:7").unwrap(),
+        );
+        w(
+            "health.json",
+            &with_msg_id(
+                &health_payload(now_ns(), serde_json::json!({"cpu": 0.4})),
+                "d1:8",
+            )
+            .unwrap(),
+        );
+        let key_dir = dir.join("key");
+        let key = crate::evidence::DeviceKey::load_or_create(&key_dir).unwrap();
+        let clip = dir.join("c1.mp4");
+        std::fs::write(&clip, b"clip").unwrap();
+        let t = chrono::Utc::now();
+        let mut m = Manifest {
+            schema: crate::evidence::manifest::SCHEMA.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            camera: crate::evidence::manifest::CameraRef {
+                id: "cam1".into(),
+                name: "x".into(),
+            },
+            event: crate::evidence::manifest::EventRef {
+                id: "ev-1".into(),
+                kind: crate::evidence::manifest::EventKind::IsbPress,
+                test: false,
+            },
+            requested: crate::evidence::manifest::Requested { from: t, to: t },
+            actual: crate::evidence::manifest::Actual {
+                first_frame: t,
+                last_frame: t,
+            },
+            codec: "h264".into(),
+            width: 1,
+            height: 1,
+            file: crate::evidence::manifest::FileRef::from_path(&clip).unwrap(),
+            gaps: vec![crate::evidence::manifest::Gap {
+                from: t,
+                to: t,
+                reason: "offline".into(),
+            }],
+            software: crate::evidence::manifest::Software::this(),
+            created_at: t,
+            signature: None,
+        };
+        m.sign(&key);
+        w(
+            "manifest-msg.json",
+            &with_msg_id(&manifest_message("c1", &m).1, "d1:9").unwrap(),
+        );
+        let h = ChunkHeader {
+            schema: SCHEMA_CHUNK.into(),
+            msg_id: "d1:c1@0".into(),
+            clip: "c1".into(),
+            offset: 0,
+            len: 4,
+            total: 4,
+            sha256: m.file.sha256.clone(),
+            last: true,
+        };
+        w("chunk-header.json", &serde_json::to_vec(&h).unwrap());
+        let ack = ClipAck {
+            schema: SCHEMA_CLIP_ACK.into(),
+            clip: "c1".into(),
+            status: AckStatus::Incomplete,
+            bytes: None,
+            sha256: None,
+            resend_from: Some(0),
+            need_manifest: true,
+            reason: None,
+            at: utc_ms(now_ns()),
+        };
+        w("clip-ack.json", &serde_json::to_vec(&ack).unwrap());
+    }
+}
