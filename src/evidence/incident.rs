@@ -91,18 +91,6 @@ impl Incidents {
         } else {
             Vec::new()
         };
-        let payload = json!({
-            "schema": "storeguard.alert/v1",
-            "event_id": uid,
-            "kind": kind,
-            "button": sig.button,
-            "at": utc_str(sig.utc_ns),
-            "test": sig.test,
-            "site_id": config.site.site_id,
-            "device_id": config.site.device_id,
-            "cameras": button.cameras,
-            "clips": clips.iter().map(|c| &c.uid).collect::<Vec<_>>(),
-        });
         let ev = EventRow {
             id: 0,
             uid: uid.clone(),
@@ -112,7 +100,8 @@ impl Incidents {
             test: sig.test,
             detail: json!({ "wiring": button.wiring, "cameras": button.cameras }),
         };
-        let bytes = serde_json::to_vec(&payload)?;
+        let clip_uids: Vec<String> = clips.iter().map(|c| c.uid.clone()).collect();
+        let bytes = crate::uplink::topics::alert_payload(&ev, &clip_uids);
         let store = self.store.clone();
         let limits = self.limits;
         let topic = if alert { Some("alert") } else { None };
@@ -223,13 +212,7 @@ impl Incidents {
             };
             match clip::cut(&store, &key, &site, &spec) {
                 Ok(sealed) => {
-                    let manifest = json!({
-                        "schema": "storeguard.evidence.announce/v1",
-                        "clip_id": job.uid,
-                        "manifest": sealed.manifest,
-                    });
-                    let topic = format!("evidence/{}/manifest", job.uid);
-                    let bytes = serde_json::to_vec(&manifest)?;
+                    let (topic, bytes) = crate::uplink::topics::manifest_message(&job.uid, &sealed.manifest);
                     store.seal_clip(
                         job.id,
                         &sealed.rel_path,
