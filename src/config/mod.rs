@@ -393,7 +393,10 @@ impl Config {
         abs(&mut self.storage.data_dir);
         abs(&mut self.control.socket);
         if let Some(tls) = self.uplink.as_mut().and_then(|u| u.tls.as_mut()) {
-            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                .into_iter()
+                .flatten()
+            {
                 abs(p);
             }
         }

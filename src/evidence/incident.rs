@@ -212,7 +212,8 @@ impl Incidents {
             };
             match clip::cut(&store, &key, &site, &spec) {
                 Ok(sealed) => {
-                    let (topic, bytes) = crate::uplink::topics::manifest_message(&job.uid, &sealed.manifest);
+                    let (topic, bytes) =
+                        crate::uplink::topics::manifest_message(&job.uid, &sealed.manifest);
                     store.seal_clip(
                         job.id,
                         &sealed.rel_path,
