@@ -2,16 +2,23 @@
 //!
 //! The mapping is anchored once and then follows media time, so frame times stay
 //! smooth and monotonic. Each frame's arrival-based UTC estimate is compared with the
-//! mapping; if they drift apart by more than `max_drift` (box clock stepped, camera
-//! clock skewed, long stall) we re-anchor and report the step for the log.
+//! mapping; if they stay apart by more than `max_drift` for a second of media time (box
+//! clock stepped, camera clock skewed, long stall) we re-anchor and report the step for
+//! the log. A single late frame is arrival jitter, not a step: on a busy box frames
+//! arrive hundreds of milliseconds late, and re-anchoring on each would squeeze time.
 
 #[derive(Debug, Clone)]
 pub struct Timeline {
     anchor: Option<(i64, i64)>,
     last_dts_utc: i64,
     max_drift_ns: i64,
+    /// Running time at which the current run of out-of-bounds estimates began.
+    excursion_since: Option<i64>,
     pub steps: u64,
 }
+
+/// How long estimates must disagree with the mapping before it is re-anchored.
+const STEP_CONFIRM_NS: i64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapped {
@@ -27,6 +34,7 @@ impl Timeline {
             anchor: None,
             last_dts_utc: i64::MIN,
             max_drift_ns,
+            excursion_since: None,
             steps: 0,
         }
     }
@@ -49,8 +57,14 @@ impl Timeline {
             Some((rt, utc)) => {
                 let predicted = utc + (reference - rt);
                 let drift = est_utc - predicted;
-                if drift.abs() > self.max_drift_ns {
+                if drift.abs() <= self.max_drift_ns {
+                    self.excursion_since = None;
+                    (rt, utc)
+                } else if reference - *self.excursion_since.get_or_insert(reference)
+                    >= STEP_CONFIRM_NS
+                {
                     self.anchor = Some((reference, est_utc));
+                    self.excursion_since = None;
                     self.steps += 1;
                     step = Some(drift);
                     (reference, est_utc)
@@ -100,14 +114,48 @@ mod tests {
         let mut t = Timeline::new(500 * MS);
         let base = 1_700_000_000_000 * MS;
         t.map(0, Some(0), base);
-        // Box clock stepped back 10 s: re-anchor, but never behind the last frame.
-        let m = t.map(100 * MS, Some(100 * MS), base - 10_000 * MS);
+        // Box clock stepped back 10 s: confirmed after a second, re-anchored, but never
+        // behind the last frame.
+        let mut last = None;
+        for i in 1..=12 {
+            let rt = i * 100 * MS;
+            let m = t.map(rt, Some(rt), base - 10_000 * MS + rt);
+            if i < 11 {
+                assert_eq!(m.step_ns, None, "frame {i}");
+            }
+            last = last.or(m.step_ns.map(|_| m));
+        }
+        let m = last.expect("step reported");
         assert!(m.step_ns.unwrap() < 0);
         assert!(m.dts_utc.unwrap() > base);
-        // Forward step of 3 s is taken as is.
-        let m = t.map(200 * MS, Some(200 * MS), base + 3_200 * MS);
-        assert_eq!(m.dts_utc, Some(base + 3_200 * MS));
+        // A forward step of 3 s is taken as is, once confirmed.
+        let mut stepped = None;
+        for i in 13..=30 {
+            let rt = i * 100 * MS;
+            let m = t.map(rt, Some(rt), base + 3_000 * MS + rt);
+            stepped = stepped.or(m.step_ns.map(|_| (rt, m)));
+        }
+        let (rt, m) = stepped.expect("forward step");
+        assert_eq!(m.dts_utc, Some(base + 3_000 * MS + rt));
         assert_eq!(t.steps, 2);
+    }
+
+    #[test]
+    fn a_burst_of_late_frames_is_jitter_not_a_step() {
+        let mut t = Timeline::new(500 * MS);
+        let base = 1_700_000_000_000 * MS;
+        t.map(0, Some(0), base);
+        // Frames 1..5 arrive 800 ms late (box busy), then on time again.
+        for i in 1..=5 {
+            let rt = i * 66 * MS;
+            assert_eq!(
+                t.map(rt, Some(rt), base + rt + 800 * MS).dts_utc,
+                Some(base + rt)
+            );
+        }
+        let rt = 6 * 66 * MS;
+        assert_eq!(t.map(rt, Some(rt), base + rt).dts_utc, Some(base + rt));
+        assert_eq!(t.steps, 0);
     }
 
     #[test]
