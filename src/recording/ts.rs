@@ -469,6 +469,13 @@ pub fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Whether a buffer holds a picture at all. Some streams deliver the parameter sets
+/// (SPS/PPS/SEI) as a buffer of their own before the keyframe; those must be joined to
+/// the picture that follows, not counted and indexed as a frame.
+pub fn has_picture(codec: VideoCodec, au: &[u8]) -> bool {
+    NalUnits::new(au).any(|nal| codec.nal_type(nal).is_some_and(|t| codec.is_vcl(t)))
+}
+
 /// Whether an Annex B access unit is a random access point (H.264 IDR; H.265 IRAP: BLA, IDR,
 /// CRA). Decided by the first slice NAL, so the scan stops early. For callers whose buffer
 /// flags are unreliable.

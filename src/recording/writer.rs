@@ -84,6 +84,8 @@ pub struct SegmentWriter {
     /// Reason for the gap that the next frame closes.
     down_reason: Option<String>,
     gap_open: bool,
+    /// Non-picture NAL units waiting for the next picture (kept allocated).
+    prefix: Vec<u8>,
     pub stats: WriterStats,
 }
 
@@ -121,6 +123,7 @@ impl SegmentWriter {
             frame_ns: DEFAULT_FRAME_NS,
             down_reason: last_end_ns.map(|_| "recorder not running".to_string()),
             gap_open: false,
+            prefix: Vec::new(),
             stats: WriterStats::default(),
         }
     }
@@ -169,6 +172,23 @@ impl SegmentWriter {
         let Some(format) = self.format else {
             return Err(io::Error::other("frame before stream format"));
         };
+        // Parameter sets that arrive on their own go in front of the next picture.
+        if !ts::has_picture(format.codec, f.data) {
+            self.prefix.extend_from_slice(f.data);
+            return Ok(());
+        }
+        if !self.prefix.is_empty() {
+            let mut joined = std::mem::take(&mut self.prefix);
+            joined.extend_from_slice(f.data);
+            let r = self.write_au(&Frame { data: &joined, ..*f }, format);
+            joined.clear();
+            self.prefix = joined;
+            return r;
+        }
+        self.write_au(f, format)
+    }
+
+    fn write_au(&mut self, f: &Frame<'_>, format: StreamFormat) -> io::Result<()> {
         let dts = f.dts_utc_ns.unwrap_or(f.pts_utc_ns);
         if self.cur.is_none() && !f.keyframe {
             self.stats.dropped_waiting_keyframe += 1;
