@@ -834,6 +834,34 @@ fn press_seals_a_verifiable_clip_and_export_is_audited() {
     assert!(msg.contains("no footage for camera cam1"), "{msg}");
     assert!(msg.contains("the ring holds cam1 from 20"), "{msg}");
 
+    let future = rfc3339(now_ns() + 60 * SEC);
+    let bad = site.cli(&[
+        "clip",
+        "--camera",
+        "cam1",
+        "--from",
+        &rfc3339(ev.at_ns),
+        "--to",
+        &future,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    bad.expect(65);
+    assert!(bad.all().contains("in the future"), "{}", bad.all());
+    let bad = site.cli(&[
+        "clip",
+        "--camera",
+        "cam9",
+        "--from",
+        &old_from,
+        "--to",
+        &old_to,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    bad.expect(65);
+    assert!(bad.all().contains("configured: cam1"), "{}", bad.all());
+
     // Inside the ring: a verified copy in the directory and an audit row with our uid.
     let from = rfc3339(ev.at_ns - 2 * SEC);
     let to = rfc3339(ev.at_ns);
@@ -1273,6 +1301,7 @@ fn bench_clip_seal_latency() {
     for ev in events(&db) {
         for c in wait_sealed(&db, &ev.uid, 4, Duration::from_secs(180)) {
             let (_, m, _) = check_sealed(&site, &c);
+            assert_brackets(&m, 2 * SEC, SEC / 10);
             let span = parse_ns(&m["actual"]["last_frame"]) - parse_ns(&m["actual"]["first_frame"]);
             assert!(span >= 90 * SEC - SEC / 10, "{m}");
             lat.push((c.sealed_ns.unwrap() - c.to_ns) as f64 / 1e6);

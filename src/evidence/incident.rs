@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
 
-/// Extra time after the post-roll for the camera's last frames to arrive.
-const ARRIVAL_SLACK: Duration = Duration::from_millis(400);
+/// How often a due clip job checks whether its camera has recorded past the window.
+const ARRIVAL_POLL: Duration = Duration::from_millis(20);
 /// Give up waiting for frames past the window (camera offline) after this long.
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -147,7 +147,8 @@ impl Incidents {
             let mut next_due: Option<i64> = None;
             let mut due = Vec::new();
             for job in pending {
-                let ready_at = job.to_ns + ARRIVAL_SLACK.as_nanos() as i64;
+                // Due at the end of its window; `seal` then waits for the frames to arrive.
+                let ready_at = job.to_ns;
                 if ready_at <= now {
                     due.push(job);
                 } else {
@@ -184,7 +185,7 @@ impl Incidents {
             if until >= job.to_ns || tokio::time::Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(ARRIVAL_POLL).await;
         }
         let started = std::time::Instant::now();
         let store = self.store.clone();
