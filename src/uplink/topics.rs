@@ -152,7 +152,11 @@ impl Status {
 
 /// The `alert` payload for an event (class 0). `msg_id` is added at publish time.
 pub fn alert_payload(ev: &EventRow, clips: &[String]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+    serde_json::to_vec(&alert_json(ev, clips)).expect("alert serializes")
+}
+
+fn alert_json(ev: &EventRow, clips: &[String]) -> serde_json::Value {
+    serde_json::json!({
         "schema": SCHEMA_ALERT,
         "event_id": ev.uid,
         "kind": ev.kind,
@@ -161,8 +165,17 @@ pub fn alert_payload(ev: &EventRow, clips: &[String]) -> Vec<u8> {
         "test": ev.test,
         "clips": clips,
         "detail": ev.detail,
-    }))
-    .expect("alert serializes")
+    })
+}
+
+/// The alert as the daemon sends it: self-contained for an operator's screen, so it also
+/// names the site, the device and the button (the topic carries the ids too).
+pub fn button_alert_payload(ev: &EventRow, clips: &[String], site_id: &str, device_id: &str) -> Vec<u8> {
+    let mut v = alert_json(ev, clips);
+    v["site_id"] = site_id.into();
+    v["device_id"] = device_id.into();
+    v["button"] = ev.source.clone().into();
+    serde_json::to_vec(&v).expect("alert serializes")
 }
 
 /// A `health` payload (class 3): `fields` (an object) plus `schema` and `at`.
