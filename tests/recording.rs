@@ -837,16 +837,16 @@ fn tiny_budget_evicts_oldest_first_and_keeps_locked_footage() {
         })
         .collect();
     assert_eq!(files, present, "files on disk vs index after eviction");
-    // Between passes (every 5 s) the cameras keep writing, so the index may exceed the
-    // budget by what they write in one pass interval; files hold up to one more sync
-    // interval than the index.
+    // Eviction runs after every sync round: between two, the index may exceed the
+    // budget by what the cameras write in one round (1 s; 2 s here for a loaded box's
+    // late rounds), and the files hold up to one more round than the index.
     let rate: f64 = ids
         .iter()
         .map(|id| camera(&v, id)["bitrate_kbps"].as_f64().unwrap() * 1000.0 / 8.0)
         .sum();
-    let slack = (rate * 7.0) as u64;
+    let slack = (rate * 2.0) as u64;
     assert!(
-        max_index <= BUDGET + slack && max_disk <= BUDGET + slack,
+        max_index <= BUDGET + slack && max_disk <= BUDGET + 2 * slack,
         "usage peaked at {max_index} B indexed / {max_disk} B on disk for a {BUDGET} B budget (slack {slack})"
     );
     println!(
@@ -960,7 +960,21 @@ fn full_disk_keeps_recording_by_eviction() {
         "filled the disk with {n} bytes of other data; {} B free",
         fs_free(&mnt)
     );
-    std::thread::sleep(Duration::from_secs(15));
+    // Watch for 15 s: with free space under the reserve, each closed segment is evicted
+    // in the next round, so new ones are seen in passing.
+    let mut new_segs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let watch_end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < watch_end {
+        let c = db_at(&data);
+        for id in &ids {
+            for s in segments(&c, id) {
+                if s.start > filled_at + 3 * SEC {
+                    new_segs.entry(id.to_string()).or_default().insert(s.path);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     let v = cameras(&site);
     let c = db_at(&data);
@@ -971,14 +985,11 @@ fn full_disk_keeps_recording_by_eviction() {
             cj["state"], "recording",
             "{id} still records on a full disk: {cj}"
         );
-        let segs = segments(&c, id);
-        let after = segs
-            .iter()
-            .filter(|s| s.start > filled_at + 3 * SEC)
-            .count();
+        let after = new_segs.get(*id).map_or(0, |s| s.len());
         assert!(
-            after >= 2,
-            "{id}: new segments keep appearing after the disk filled: {segs:?}"
+            after >= 4,
+            "{id}: new segments keep appearing after the disk filled: {:?}",
+            segments(&c, id)
         );
         let errors = cj["write_errors"].as_u64().unwrap();
         let g = gaps(&c, id);
@@ -994,7 +1005,7 @@ fn full_disk_keeps_recording_by_eviction() {
             );
         }
         println!(
-            "{id}: {errors} write errors, {enospc} gaps for a full disk, {after} segments since"
+            "{id}: {errors} write errors, {enospc} gaps for a full disk, {after} segments recorded since"
         );
     }
     assert!(

@@ -101,7 +101,12 @@ impl Incidents {
             detail: json!({ "wiring": button.wiring, "cameras": button.cameras }),
         };
         let clip_uids: Vec<String> = clips.iter().map(|c| c.uid.clone()).collect();
-        let bytes = crate::uplink::topics::button_alert_payload(&ev, &clip_uids, &config.site.site_id, &config.site.device_id);
+        let bytes = crate::uplink::topics::button_alert_payload(
+            &ev,
+            &clip_uids,
+            &config.site.site_id,
+            &config.site.device_id,
+        );
         let store = self.store.clone();
         let limits = self.limits;
         let topic = if alert { Some("alert") } else { None };

@@ -44,6 +44,9 @@ struct Shared {
     /// Index rows whose commit failed (disk full): committed again with the next round,
     /// or their segments would never be evicted and their gaps never shown.
     uncommitted: Mutex<(Vec<SegmentProgress>, Vec<GapChange>)>,
+    /// The ring's totals. Its lock also serialises sync rounds and eviction passes, so
+    /// rows reach the index (and the totals) in the order they were written.
+    usage: Mutex<ring::Usage>,
 }
 
 pub struct Recorder {
@@ -61,7 +64,9 @@ impl Recorder {
                 "reconciled recordings with the index after an unclean stop"
             );
         }
+        let usage = ring::Usage::load(&store)?;
         let shared = Arc::new(Shared {
+            usage: Mutex::new(usage),
             store,
             writers: Mutex::new(HashMap::new()),
             policy: Mutex::new(ring::Policy::from_config(config)),
@@ -159,34 +164,75 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How often the in-memory totals are re-read from the index, in case they drifted.
+const USAGE_RELOAD: Duration = Duration::from_secs(600);
+/// Evictions are logged as a summary at most this often.
+const EVICTION_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Every round: sync and index, then an eviction pass. With the totals in memory a pass
+/// that evicts nothing costs about a millisecond, and evicting right away keeps usage
+/// within one sync interval of writing over the budget.
 fn syncer(shared: Arc<Shared>) {
-    let mut last_evict = Instant::now() - Duration::from_secs(3600);
+    let mut last_reload = Instant::now();
+    let mut last_log = Instant::now();
+    let (mut evicted, mut evicted_bytes) = (0u64, 0u64);
+    let mut totals = (0u64, 0u64);
     let mut warned: HashMap<String, Instant> = HashMap::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let interval = *lock(&shared.sync_interval);
         let started = Instant::now();
         let writers: Vec<SharedWriter> = lock(&shared.writers).values().cloned().collect();
         sync_round(&shared, &writers);
-        if shared.evict_now.swap(false, Ordering::Relaxed)
-            || last_evict.elapsed() >= Duration::from_secs(5)
-        {
-            let policy = lock(&shared.policy).clone();
-            match ring::enforce(&shared.store, &policy) {
-                Ok(st) => {
-                    report_shortfalls(
-                        &shared.store,
-                        &st,
-                        policy.retention_target_days,
-                        &mut warned,
-                    );
-                    *lock(&shared.status) = st;
-                }
-                Err(e) => tracing::error!("ring buffer eviction failed: {e:#}"),
+        shared.evict_now.store(false, Ordering::Relaxed);
+        let policy = lock(&shared.policy).clone();
+        let mut usage = lock(&shared.usage);
+        if last_reload.elapsed() >= USAGE_RELOAD {
+            if let Err(e) = usage.reload(&shared.store) {
+                tracing::error!("reading the ring's usage failed: {e:#}");
             }
-            last_evict = Instant::now();
+            last_reload = Instant::now();
         }
-        // Sleep in short steps so shutdown isn't held up by a long interval.
-        while started.elapsed() < interval && !shared.stop.load(Ordering::Relaxed) {
+        match ring::enforce_with(&shared.store, &policy, &mut usage) {
+            Ok(mut st) => {
+                report_shortfalls(
+                    &shared.store,
+                    &st,
+                    policy.retention_target_days,
+                    &mut warned,
+                );
+                evicted += st.evicted_segments;
+                evicted_bytes += st.evicted_bytes;
+                totals.0 += st.evicted_segments;
+                totals.1 += st.evicted_bytes;
+                // The status reports evictions since start, not of the last pass.
+                (st.evicted_segments, st.evicted_bytes) = totals;
+                *lock(&shared.status) = st;
+            }
+            Err(e) => {
+                tracing::error!("ring buffer eviction failed: {e:#}");
+                // What it deleted before failing is not in the totals: re-read them.
+                if let Err(e) = usage.reload(&shared.store) {
+                    tracing::error!("reading the ring's usage failed: {e:#}");
+                }
+            }
+        }
+        drop(usage);
+        if evicted > 0 && last_log.elapsed() >= EVICTION_LOG_EVERY {
+            tracing::info!(
+                segments = evicted,
+                bytes = evicted_bytes,
+                seconds = last_log.elapsed().as_secs(),
+                "evicted oldest recordings to stay within the disk budget"
+            );
+            (evicted, evicted_bytes) = (0, 0);
+            last_log = Instant::now();
+        }
+        // Sleep in short steps so shutdown (or a write error asking for room) isn't held
+        // up by a long interval.
+        while started.elapsed() < interval
+            && !shared.stop.load(Ordering::Relaxed)
+            && !shared.evict_now.load(Ordering::Relaxed)
+        {
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
     }
@@ -217,13 +263,16 @@ fn report_shortfalls(
 }
 
 /// One durability round: flush each writer (briefly holding its lock), fsync the files
-/// without any lock held, then index what was synced.
+/// without holding any writer's lock, then index what was synced. Rounds run one at a
+/// time (the usage lock), so a clip's `sync_now` waits for a running round.
 fn sync_round(shared: &Shared, writers: &[SharedWriter]) {
+    let mut usage = lock(&shared.usage);
     // Rows a failed round left behind (disk full) are committed first, before the writers
     // take whatever space eviction has just freed: without them in the index those
     // segments could never be evicted.
     let pending = std::mem::take(&mut *lock(&shared.uncommitted));
-    let retry_ok = (pending.0.is_empty() && pending.1.is_empty()) || commit(shared, &pending);
+    let retry_ok =
+        (pending.0.is_empty() && pending.1.is_empty()) || commit(shared, &mut usage, &pending);
     let (mut segments, mut gaps) = if retry_ok {
         (Vec::new(), Vec::new())
     } else {
@@ -274,26 +323,28 @@ fn sync_round(shared: &Shared, writers: &[SharedWriter]) {
     }
     // Behind rows that failed, these must wait too: a gap's close can't precede its open.
     let batch = (segments, gaps);
-    if !retry_ok || !commit(shared, &batch) {
-        let (mut segments, mut gaps) = batch;
-        let mut u = lock(&shared.uncommitted);
-        // Keep order: these rows came before anything a concurrent round queued.
-        segments.append(&mut u.0);
-        gaps.append(&mut u.1);
-        if segments.len() + gaps.len() > MAX_UNCOMMITTED {
+    if !retry_ok || !commit(shared, &mut usage, &batch) {
+        let n = batch.0.len() + batch.1.len();
+        if n > MAX_UNCOMMITTED {
             tracing::error!(
-                "index rows pending for too long; dropping {} (start-up reconciliation indexes their files again)",
-                segments.len() + gaps.len()
+                "index rows pending for too long; dropping {n} (start-up reconciliation indexes their files again)"
             );
             return;
         }
-        *u = (segments, gaps);
+        *lock(&shared.uncommitted) = batch;
     }
 }
 
-fn commit(shared: &Shared, rows: &(Vec<SegmentProgress>, Vec<GapChange>)) -> bool {
+fn commit(
+    shared: &Shared,
+    usage: &mut ring::Usage,
+    rows: &(Vec<SegmentProgress>, Vec<GapChange>),
+) -> bool {
     match shared.store.commit_sync(&rows.0, &rows.1) {
-        Ok(()) => true,
+        Ok(()) => {
+            usage.committed(&rows.0);
+            true
+        }
         Err(e) => {
             tracing::error!(
                 segments = rows.0.len(),

@@ -180,7 +180,13 @@ impl SegmentWriter {
         if !self.prefix.is_empty() {
             let mut joined = std::mem::take(&mut self.prefix);
             joined.extend_from_slice(f.data);
-            let r = self.write_au(&Frame { data: &joined, ..*f }, format);
+            let r = self.write_au(
+                &Frame {
+                    data: &joined,
+                    ..*f
+                },
+                format,
+            );
             joined.clear();
             self.prefix = joined;
             return r;

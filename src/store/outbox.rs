@@ -136,13 +136,23 @@ pub(crate) fn enqueue_tx(
     insert(tx, c, topic, payload, retain, now_ns).map(Some)
 }
 
-fn insert(tx: &Transaction<'_>, c: i64, topic: &str, payload: &[u8], retain: bool, now_ns: i64) -> rusqlite::Result<i64> {
+fn insert(
+    tx: &Transaction<'_>,
+    c: i64,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    now_ns: i64,
+) -> rusqlite::Result<i64> {
     tx.execute(
         "INSERT INTO outbox(class, topic, payload, retain, created_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![c, topic, payload, retain, now_ns],
     )?;
     let id = tx.last_insert_rowid();
-    tx.execute("UPDATE outbox_counter SET accepted = accepted + 1 WHERE class = ?1", [c])?;
+    tx.execute(
+        "UPDATE outbox_counter SET accepted = accepted + 1 WHERE class = ?1",
+        [c],
+    )?;
     Ok(id)
 }
 

@@ -83,6 +83,9 @@ pub fn is_disk_full(e: &StoreError) -> bool {
         if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
 }
 
+/// Longer than any segment can be (segment_length is at most 10 min plus a GOP).
+const LOCK_SCAN_SPAN_NS: i64 = 3_600_000_000_000;
+
 const SEGMENT_COLS: &str =
     "id, camera, path, start_ns, end_ns, bytes, frames, codec, width, height, state";
 
@@ -261,16 +264,20 @@ impl Store {
         self.sq(rows)
     }
 
-    /// Bytes held by segments under a retention lock.
+    /// Bytes held by segments under a retention lock (for status). Walks the few locks
+    /// and the segments each can overlap, not every segment: on a full 31-day ring
+    /// (2.1 M rows) with 20 locks that took 4.2 s instead of about 1 ms. A segment
+    /// longer than `LOCK_SCAN_SPAN_NS` that starts before its lock is missed.
     pub fn locked_bytes(&self) -> Result<u64> {
         let c = self.conn();
-        let v: Option<i64> = self.sq(c.query_row(
-            "SELECT sum(bytes) FROM segment s WHERE EXISTS (SELECT 1 FROM retention_lock l WHERE l.camera = s.camera
-               AND l.from_ns < s.end_ns AND l.to_ns > s.start_ns)",
-            [],
+        let v: i64 = self.sq(c.query_row(
+            "SELECT coalesce(sum(bytes), 0) FROM segment WHERE id IN (
+               SELECT s.id FROM retention_lock l JOIN segment s ON s.camera = l.camera
+                 AND s.start_ns < l.to_ns AND s.start_ns >= l.from_ns - ?1 AND s.end_ns > l.from_ns)",
+            [LOCK_SCAN_SPAN_NS],
             |r| r.get(0),
         ))?;
-        Ok(v.unwrap_or(0) as u64)
+        Ok(v as u64)
     }
 
     /// Removes a segment's index row (keyframes cascade). The caller unlinks the file

@@ -170,7 +170,12 @@ fn alert_json(ev: &EventRow, clips: &[String]) -> serde_json::Value {
 
 /// The alert as the daemon sends it: self-contained for an operator's screen, so it also
 /// names the site, the device and the button (the topic carries the ids too).
-pub fn button_alert_payload(ev: &EventRow, clips: &[String], site_id: &str, device_id: &str) -> Vec<u8> {
+pub fn button_alert_payload(
+    ev: &EventRow,
+    clips: &[String],
+    site_id: &str,
+    device_id: &str,
+) -> Vec<u8> {
     let mut v = alert_json(ev, clips);
     v["site_id"] = site_id.into();
     v["device_id"] = device_id.into();
