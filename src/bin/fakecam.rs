@@ -92,11 +92,13 @@ impl Codec {
     }
 
     /// Encoder element with its settings. No B-frames: the fan-out restamps PTS = DTS.
+    /// One slice per frame: zerolatency's sliced threads made the parser hand out an IDR
+    /// in two buffers, which the fan-out then stamped as two frames.
     fn encoder(self, gop: u32, bitrate: u32, preset: &str) -> String {
         match self {
             Codec::H264 => format!(
-                "x264enc tune=zerolatency speed-preset={preset} key-int-max={gop} bitrate={bitrate} \
-                 option-string=scenecut=0"
+                "x264enc tune=zerolatency sliced-threads=false speed-preset={preset} key-int-max={gop} \
+                 bitrate={bitrate} option-string=scenecut=0"
             ),
             Codec::H265 => format!(
                 "x265enc tune=zerolatency speed-preset={preset} key-int-max={gop} bitrate={bitrate} \

@@ -39,6 +39,15 @@ pub fn codec_name(c: VideoCodec) -> &'static str {
 /// never disconnected (a stalled stream that resumed on its own).
 const GAP_THRESHOLD_NS: i64 = 2_000_000_000;
 const DEFAULT_FRAME_NS: i64 = 66_666_667;
+/// Buffers this close together are parts of one frame (no camera runs at 500 fps).
+const SAME_FRAME_NS: i64 = 2_000_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    pts: i64,
+    dts: Option<i64>,
+    keyframe: bool,
+}
 
 struct Open {
     rel: String,
@@ -85,7 +94,10 @@ pub struct SegmentWriter {
     down_reason: Option<String>,
     gap_open: bool,
     /// Non-picture NAL units waiting for the next picture (kept allocated).
-    prefix: Vec<u8>,
+    pending_prefix: Vec<u8>,
+    /// The latest frame, held until we know no more of it is coming.
+    pending: Option<Pending>,
+    pending_data: Vec<u8>,
     pub stats: WriterStats,
 }
 
@@ -123,7 +135,9 @@ impl SegmentWriter {
             frame_ns: DEFAULT_FRAME_NS,
             down_reason: last_end_ns.map(|_| "recorder not running".to_string()),
             gap_open: false,
-            prefix: Vec::new(),
+            pending_prefix: Vec::new(),
+            pending: None,
+            pending_data: Vec::new(),
             stats: WriterStats::default(),
         }
     }
@@ -154,6 +168,9 @@ impl SegmentWriter {
     /// The camera went away: close the segment now and open a gap that the next frame
     /// ends. The reason is what `cameras` and the index show for the gap.
     pub fn mark_down(&mut self, reason: &str, at_ns: i64) {
+        if let Err(e) = self.flush_pending() {
+            tracing::warn!(camera = %self.camera, error = %e, "writing the last frame failed");
+        }
         self.close_current();
         if !self.gap_open {
             let start = self.last_end_ns.unwrap_or(at_ns).min(at_ns);
@@ -168,30 +185,65 @@ impl SegmentWriter {
         self.last_dts_ns = None;
     }
 
+    /// Takes one buffer from the camera. A frame can arrive split over several buffers
+    /// (parameter sets alone, or slices of one picture with the same timestamp, as
+    /// x264's sliced threads produce); they are joined into one access unit, so each
+    /// frame is written, counted and indexed once. That holds the latest frame back
+    /// until the next one starts (one frame interval) or the next checkpoint.
     pub fn write(&mut self, f: &Frame<'_>) -> io::Result<()> {
         let Some(format) = self.format else {
             return Err(io::Error::other("frame before stream format"));
         };
-        // Parameter sets that arrive on their own go in front of the next picture.
         if !ts::has_picture(format.codec, f.data) {
-            self.prefix.extend_from_slice(f.data);
+            // Parameter sets / SEI on their own: they belong to the next picture.
+            self.flush_pending()?;
+            self.pending_prefix.extend_from_slice(f.data);
             return Ok(());
         }
-        if !self.prefix.is_empty() {
-            let mut joined = std::mem::take(&mut self.prefix);
-            joined.extend_from_slice(f.data);
-            let r = self.write_au(
-                &Frame {
-                    data: &joined,
-                    ..*f
-                },
-                format,
-            );
-            joined.clear();
-            self.prefix = joined;
-            return r;
+        // Parts of one frame share its timestamp; an upstream that split a frame and
+        // stamped the parts apart still puts them far closer than any two frames.
+        let same_frame = |p: &Pending| {
+            let d = f.dts_utc_ns.unwrap_or(f.pts_utc_ns) - p.dts.unwrap_or(p.pts);
+            (0..SAME_FRAME_NS).contains(&d)
+        };
+        if let Some(p) = &mut self.pending
+            && same_frame(p)
+            && self.pending_prefix.is_empty()
+        {
+            self.pending_data.extend_from_slice(f.data);
+            p.keyframe |= f.keyframe;
+            return Ok(());
         }
-        self.write_au(f, format)
+        self.flush_pending()?;
+        self.pending_data.clear();
+        self.pending_data.append(&mut self.pending_prefix);
+        self.pending_data.extend_from_slice(f.data);
+        self.pending = Some(Pending {
+            pts: f.pts_utc_ns,
+            dts: f.dts_utc_ns,
+            keyframe: f.keyframe,
+        });
+        Ok(())
+    }
+
+    /// Writes the frame held back by `write`, if any.
+    fn flush_pending(&mut self) -> io::Result<()> {
+        let (Some(p), Some(format)) = (self.pending.take(), self.format) else {
+            return Ok(());
+        };
+        let data = std::mem::take(&mut self.pending_data);
+        let r = self.write_au(
+            &Frame {
+                data: &data,
+                pts_utc_ns: p.pts,
+                dts_utc_ns: p.dts,
+                keyframe: p.keyframe,
+            },
+            format,
+        );
+        self.pending_data = data;
+        self.pending_data.clear();
+        r
     }
 
     fn write_au(&mut self, f: &Frame<'_>, format: StreamFormat) -> io::Result<()> {
@@ -401,6 +453,10 @@ impl SegmentWriter {
     /// Hands everything written since the last checkpoint to the syncer: flushes the
     /// buffer and returns file handles to fsync plus the rows to commit afterwards.
     pub fn checkpoint(&mut self) -> Checkpoint {
+        // The held-back frame is complete by now (a frame's parts arrive back to back).
+        if let Err(e) = self.flush_pending() {
+            tracing::warn!(camera = %self.camera, error = %e, "writing the last frame failed");
+        }
         let mut items = std::mem::take(&mut self.closed);
         if let Some(mut c) = self.cur.take() {
             let flushed = c.file.flush();
@@ -444,6 +500,9 @@ impl SegmentWriter {
     /// Closes the open segment (shutdown, camera removed). No gap is opened: the next
     /// start records the downtime as "recorder not running" once frames flow again.
     pub fn finish_all(&mut self) {
+        if let Err(e) = self.flush_pending() {
+            tracing::warn!(camera = %self.camera, error = %e, "writing the last frame failed");
+        }
         self.close_current();
     }
 

@@ -180,6 +180,7 @@ pub fn button_alert_payload(
     v["site_id"] = site_id.into();
     v["device_id"] = device_id.into();
     v["button"] = ev.source.clone().into();
+    v["cameras"] = ev.detail.get("cameras").cloned().unwrap_or_default();
     serde_json::to_vec(&v).expect("alert serializes")
 }
 
