@@ -190,7 +190,10 @@ fn cache_dir() -> PathBuf {
 
 #[test]
 fn file_source_serves_vtest_as_h264() {
-    let vtest = PathBuf::from("/work/shared/media/vtest.avi");
+    let vtest = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/media/vtest.avi"
+    ));
     let fleet = spawn(FleetOptions {
         cameras: 1,
         source: FleetSource::File(vtest),

@@ -48,7 +48,10 @@ fn footage_fleet(cameras: u32, gop: u32, kbps: u32) -> FakeCamFleet {
         fps: 10,
         gop,
         bitrate_kbps: kbps,
-        source: FleetSource::File(PathBuf::from("/work/shared/media/vtest.avi")),
+        source: FleetSource::File(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/media/vtest.avi"
+        ))),
         cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("fakecam-cache")),
         ..Default::default()
     })

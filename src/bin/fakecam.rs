@@ -930,6 +930,8 @@ fn default_cache_dir() -> PathBuf {
 }
 
 /// Transcodes `input` once into the cache; later runs with the same file and settings reuse it.
+const ENCODING_VERSION: u32 = 2;
+
 fn cached_transcode(input: &Path, codec: Codec, args: &Args) -> Result<PathBuf> {
     let dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     std::fs::create_dir_all(&dir)
@@ -943,8 +945,10 @@ fn cached_transcode(input: &Path, codec: Codec, args: &Args) -> Result<PathBuf> 
     let stem = input
         .file_stem()
         .map_or("source".into(), |s| s.to_string_lossy());
+    // ENCODING_VERSION changes whenever the encoder settings do, so a stale transcode
+    // (e.g. one made with sliced threads) is never reused.
     let name = format!(
-        "{stem}-{}-{mtime}-{}-g{}-b{}.mp4",
+        "{stem}-{}-{mtime}-{}-g{}-b{}-e{ENCODING_VERSION}.mp4",
         meta.len(),
         codec.name(),
         args.gop,
