@@ -108,14 +108,7 @@ impl Client {
         let mut rd = BufReader::new(s);
         let (status, _) = read_head(&mut rd)?;
         if !(200..300).contains(&status) {
-            let mut raw = Vec::new();
-            rd.read_to_end(&mut raw)?;
-            let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-            let msg = v
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("download refused");
-            return Err(coded(exit::FAILURE, msg.to_string()));
+            return Err(refused(&mut rd, "download refused"));
         }
         let tmp = dest.with_extension("partial");
         let mut f =
@@ -136,14 +129,7 @@ impl Client {
         let mut rd = BufReader::new(s);
         let (status, chunked) = read_head(&mut rd)?;
         if !(200..300).contains(&status) || !chunked {
-            let mut raw = Vec::new();
-            rd.read_to_end(&mut raw)?;
-            let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-            let msg = v
-                .get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("stream refused");
-            return Err(coded(exit::FAILURE, msg.to_string()));
+            return Err(refused(&mut rd, "stream refused"));
         }
         let mut buf = Vec::new();
         let mut go = true;
@@ -157,6 +143,15 @@ impl Client {
             }
         })
     }
+}
+
+/// The daemon's `{"error": ...}` from a refused download or stream.
+fn refused(rd: &mut impl Read, fallback: &str) -> anyhow::Error {
+    let mut raw = Vec::new();
+    let _ = rd.read_to_end(&mut raw);
+    let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or(fallback);
+    coded(exit::FAILURE, msg.to_string())
 }
 
 fn read_head(rd: &mut impl BufRead) -> Result<(u16, bool)> {
