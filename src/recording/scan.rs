@@ -49,11 +49,7 @@ pub fn scan(mut r: impl Read) -> io::Result<ScanResult> {
     let mut offset = 0u64;
     let mut last_pat: Option<u64> = None;
     let mut video_pid: Option<u16> = None;
-    loop {
-        match read_full(&mut r, &mut pkt)? {
-            PKT => {}
-            _ => break,
-        }
+    while read_full(&mut r, &mut pkt)? == PKT {
         if pkt[0] != 0x47 {
             break; // torn write: stop at the last whole packet
         }
