@@ -173,7 +173,9 @@ impl SegmentWriter {
         }
         self.close_current();
         if !self.gap_open {
-            let start = self.last_end_ns.unwrap_or(at_ns).min(at_ns);
+            // The gap starts exactly where the recording ends, even when the last frame's
+            // camera-clock time is a few ms ahead of ours: no overlap, no hole.
+            let start = self.last_end_ns.unwrap_or(at_ns);
             self.gaps.push(GapChange::Open {
                 camera: self.camera.clone(),
                 start_ns: start,
