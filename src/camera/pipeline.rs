@@ -303,7 +303,8 @@ fn link_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, ctx: Arc<Ctx>) -> Resul
         gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
         move |_pad, info| {
             // Remember (running time, RTP timestamp) so frames can be mapped to the camera's
-            // NTP clock from its sender reports.
+            // NTP clock from its sender reports. Only a frame's last (marker) packet is
+            // looked at: one lock per frame, not one per packet.
             let last = match &info.data {
                 Some(gst::PadProbeData::Buffer(b)) => Some(b.as_ref()),
                 Some(gst::PadProbeData::BufferList(l)) => l.iter().last(),
@@ -313,6 +314,7 @@ fn link_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, ctx: Arc<Ctx>) -> Resul
                 && let Some(pts) = buf.pts()
                 && let Ok(map) = buf.map_readable()
                 && map.len() >= 8
+                && map[1] & 0x80 != 0
             {
                 let rtp = u32::from_be_bytes([map[4], map[5], map[6], map[7]]);
                 lock(&c.ntp).packet = Some((pts.nseconds() as i64, rtp));

@@ -3,6 +3,7 @@
 
 use super::State;
 use crate::control::{BoxFuture, Request, Response, Service};
+use crate::recording::utc_ms;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -190,7 +191,7 @@ impl Api {
         let mut stop = self.state.shutdown.subscribe();
         tokio::spawn(async move {
             let _ = tx
-                .send(json!({ "kind": "watching", "at": utc(crate::recording::now_ns()) }))
+                .send(json!({ "kind": "watching", "at": utc_ms(crate::recording::now_ns()) }))
                 .await;
             loop {
                 tokio::select! {
@@ -226,7 +227,7 @@ impl Api {
                     .into_iter()
                     .map(|c| json!({ "id": c.uid, "camera": c.camera, "state": c.state, "path": c.path, "sha256": c.sha256, "error": c.error }))
                     .collect();
-                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc(e.at_ns), "test": e.test, "detail": e.detail, "clips": clips }));
+                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc_ms(e.at_ns), "test": e.test, "detail": e.detail, "clips": clips }));
             }
             Ok(out)
         })
@@ -275,7 +276,7 @@ impl Api {
         if to > now {
             return Response::error(
                 400,
-                format!("--to {} is in the future (now {})", utc(to), utc(now)),
+                format!("--to {} is in the future (now {})", utc_ms(to), utc_ms(now)),
             );
         }
         let st = self.state.clone();
@@ -308,7 +309,7 @@ impl Api {
             };
             let m = &sealed.manifest;
             store.seal_clip(id, &sealed.rel_path, &m.file.sha256, m.file.size, None, now, Default::default()).map_err(e500)?;
-            let detail = json!({ "clip": uid, "from": utc(from), "to": utc(to), "sha256": m.file.sha256, "destination": b.destination });
+            let detail = json!({ "clip": uid, "from": utc_ms(from), "to": utc_ms(to), "sha256": m.file.sha256, "destination": b.destination });
             store
                 .audit(now, Some(peer.uid), peer.pid, "clip_export", &cam.id, &detail.to_string())
                 .map_err(e500)?;
@@ -362,7 +363,7 @@ impl Api {
                 v["stored_bytes"] = json!(r.map(|r| r.bytes));
                 v["recent_gaps"] = json!(gaps
                     .iter()
-                    .map(|g| json!({ "start": utc(g.start_ns), "end": g.end_ns.map(utc), "reason": g.reason }))
+                    .map(|g| json!({ "start": utc_ms(g.start_ns), "end": g.end_ns.map(utc_ms), "reason": g.reason }))
                     .collect::<Vec<_>>());
                 out.push(v);
             }
@@ -410,10 +411,6 @@ impl Api {
             }),
         }))
     }
-}
-
-pub fn utc(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Accepts RFC 3339 (`2026-11-22T10:00:00Z`, any offset) or local time without an

@@ -8,6 +8,7 @@ use super::manifest::{
 };
 use super::mp4::{TsSlice, remux_ts_to_mp4};
 use crate::config::Site;
+use crate::recording::utc_ms;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::path::{Path, PathBuf};
@@ -51,10 +52,6 @@ pub fn utc(ns: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(ns)
 }
 
-fn fmt(ns: i64) -> String {
-    utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// What the ring holds for a camera, for error messages that say what *is* available.
 pub fn available(store: &Store, camera: &str) -> String {
     match store.usage_by_camera() {
@@ -62,8 +59,8 @@ pub fn available(store: &Store, camera: &str) -> String {
             Some(u) => format!(
                 "the ring holds {} from {} to {}",
                 camera,
-                u.oldest_ns.map(fmt).unwrap_or("-".into()),
-                u.newest_ns.map(fmt).unwrap_or("-".into())
+                u.oldest_ns.map(utc_ms).unwrap_or("-".into()),
+                u.newest_ns.map(utc_ms).unwrap_or("-".into())
             ),
             None => format!("the ring holds nothing for {camera}"),
         },
@@ -82,8 +79,8 @@ pub fn cut(
     let segs = store.segments_between(spec.camera_id, spec.from_ns, spec.to_ns)?;
     let no_footage = || ClipError::NoFootage {
         camera: spec.camera_id.to_string(),
-        from: fmt(spec.from_ns),
-        to: fmt(spec.to_ns),
+        from: utc_ms(spec.from_ns),
+        to: utc_ms(spec.to_ns),
         available: available(store, spec.camera_id),
     };
     let mut slices = Vec::new();

@@ -13,7 +13,7 @@ use super::manifest::EventKind;
 use crate::button::ButtonEvent;
 use crate::button::service::Signal;
 use crate::config::Config;
-use crate::recording::{Recorder, now_ns};
+use crate::recording::{Recorder, now_ns, utc_ms};
 use crate::store::Store;
 use crate::store::events::{ClipRow, EventRow, NewClip};
 use crate::store::outbox::Limits;
@@ -37,10 +37,6 @@ pub struct Incidents {
     /// Wakes the uplink when the outbox gained a message.
     pub outbox_changed: Notify,
     pub limits: Limits,
-}
-
-pub fn utc_str(ns: i64) -> String {
-    clip::utc(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn new_uid(prefix: &str, at_ns: i64) -> String {
@@ -68,7 +64,7 @@ impl Incidents {
             ButtonEvent::WiringRestored { .. } => ("wiring_restored", false),
             ButtonEvent::Released { .. } => {
                 let _ = self.watch.send(
-                    json!({ "at": utc_str(sig.utc_ns), "button": sig.button, "kind": "released" }),
+                    json!({ "at": utc_ms(sig.utc_ns), "button": sig.button, "kind": "released" }),
                 );
                 return Ok(None);
             }
@@ -125,7 +121,7 @@ impl Incidents {
             self.outbox_changed.notify_one();
         }
         self.clips_changed.notify_one();
-        let _ = self.watch.send(json!({ "at": utc_str(sig.utc_ns), "button": sig.button, "kind": kind, "test": sig.test, "event_id": uid }));
+        let _ = self.watch.send(json!({ "at": utc_ms(sig.utc_ns), "button": sig.button, "kind": kind, "test": sig.test, "event_id": uid }));
         Ok(Some(uid))
     }
 
@@ -250,7 +246,7 @@ impl Incidents {
                 self.outbox_changed.notify_one();
                 let _ = self
                     .watch
-                    .send(json!({ "at": utc_str(now_ns()), "kind": "clip_sealed", "path": path }));
+                    .send(json!({ "at": utc_ms(now_ns()), "kind": "clip_sealed", "path": path }));
             }
             Ok(Err(e)) => tracing::error!("evidence clip failed: {e:#}"),
             Err(e) => tracing::error!("evidence clip task failed: {e}"),

@@ -32,6 +32,14 @@ pub fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
 }
 
+/// UTC with millisecond precision (`2026-11-22T10:00:00.123Z`): the one format every
+/// interface (control socket, MQTT, manifests' neighbours, logs) uses.
+pub fn utc_ms(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
 struct Shared {
     store: Store,
     writers: Mutex<HashMap<String, SharedWriter>>,

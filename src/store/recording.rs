@@ -382,7 +382,7 @@ impl Store {
                 "kind": kind,
                 "camera": camera,
                 "detail": detail,
-                "at": chrono::DateTime::from_timestamp_nanos(at_ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "at": crate::recording::utc_ms(at_ns),
             });
             let bytes = serde_json::to_vec(&payload).unwrap_or_default();
             super::outbox::enqueue_tx(

@@ -83,12 +83,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
     Some(Parsed { site, device, kind })
 }
 
-/// Milliseconds-precision UTC timestamp, as everywhere in the interface.
-pub fn utc_ms(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns)
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
+pub use crate::recording::utc_ms;
 
 pub fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
