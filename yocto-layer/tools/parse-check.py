@@ -5,11 +5,11 @@ Catches syntax errors (assignments, overrides, python/shell functions, includes)
 expanded values that matter, for aarch64 and x86-64. It is NOT a build: the oe-core classes are
 replaced by stubs, so nothing they define is checked.
 
-    python3 -m venv /tmp/bbvenv && /tmp/bbvenv/bin/pip install bitbake-setup==2.19.0
-    /tmp/bbvenv/bin/python yocto-layer/tools/parse-check.py
+    scripts/setup-lint.sh      # venv local/lint-venv with the pinned bitbake-setup and oelint-adv
+    local/lint-venv/bin/python yocto-layer/tools/parse-check.py
 
-(bitbake-setup on PyPI ships bitbake's `bb` library; it is newer than scarthgap's bitbake 2.8 but
-parses the same syntax.)
+(bitbake-setup on PyPI ships bitbake's `bb` library, 2.19; wrynose's own bitbake is 2.18 and parses
+the same syntax.) It also checks that every crate:// entry in SRC_URI has its sha256sum flag.
 """
 
 import os
@@ -72,7 +72,7 @@ def parse(path, arch, stubdir):
     d.setVar("PV", "${@bb.parse.vars_from_file(d.getVar('FILE', False), d)[1]}")
     d.setVar("BPN", "${PN}")
     d.setVar("BP", "${BPN}-${PV}")
-    for k, v in dict(WORKDIR="/WORKDIR", D="/D", libdir="/usr/lib", datadir="/usr/share",
+    for k, v in dict(WORKDIR="/WORKDIR", UNPACKDIR="/WORKDIR/sources", D="/D", libdir="/usr/lib", datadir="/usr/share",
                      sysconfdir="/etc", localstatedir="/var", base_sbindir="/usr/sbin",
                      nonarch_libdir="/usr/lib", nonarch_base_libdir="/usr/lib",
                      systemd_system_unitdir="/usr/lib/systemd/system",
@@ -93,7 +93,17 @@ def main():
                 d = parse(os.path.join(LAYER, rel), arch, stubdir)
                 print("== %s (%s)" % (rel, arch))
                 for k in keys:
-                    print("   %s = %s" % (k, " ".join((d.getVar(k) or "").split())))
+                    value = " ".join((d.getVar(k) or "").split())
+                    if k == "SRC_URI":
+                        crates = [u for u in value.split() if u.startswith("crate://")]
+                        missing = [u for u in crates
+                                   if not d.getVarFlag("SRC_URI", "%s-%s.sha256sum" % tuple(u.split("/")[-2:]))]
+                        if missing:
+                            sys.exit("parse-check: %s: no SRC_URI[NAME-VERSION.sha256sum] for %s" % (rel, " ".join(missing)))
+                        value = " ".join(u for u in value.split() if not u.startswith("crate://"))
+                        if crates:
+                            value += " + %d crate:// entries, each with its sha256sum" % len(crates)
+                    print("   %s = %s" % (k, value))
                 for flag in ("wheel.sha256sum",):
                     if d.getVarFlag("SRC_URI", flag):
                         print("   SRC_URI[%s] = %s" % (flag, d.getVarFlag("SRC_URI", flag)))

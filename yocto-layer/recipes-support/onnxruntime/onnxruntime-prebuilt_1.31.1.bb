@@ -1,7 +1,14 @@
+# nooelint: oelint.var.bbclassextend
+# (above: a prebuilt target library; no -native use)
 SUMMARY = "ONNX Runtime shared library (CPU), prebuilt from the PyPI wheel"
 DESCRIPTION = "libonnxruntime.so.${PV} taken unchanged from the official onnxruntime ${PV} \
-manylinux wheel. storeguard loads it at run time (ort crate, load-dynamic, api-31), so the \
-version must stay in step with the ort feature. Use meta-onnxruntime instead to build from source."
+               manylinux wheel. storeguard loads it at run time (ort crate, load-dynamic, api-31), \
+               so the version must stay in step with the ort feature. Use meta-onnxruntime instead \
+               to build from source."
+HOMEPAGE = "https://onnxruntime.ai/"
+BUGTRACKER = "https://github.com/microsoft/onnxruntime/issues"
+CVE_PRODUCT = "onnxruntime"
+SECTION = "libs"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://onnxruntime/LICENSE;md5=0f7e3b1308cb5c00b372a6e78835732d"
 
@@ -20,11 +27,11 @@ ORT_WHEEL = "onnxruntime-${PV}-cp311-cp311-manylinux_2_28_${ORT_WHEEL_ARCH}.whl"
 # pypi.bbclass knows the PyPI file host; reuse it, but point at the binary wheel instead of the
 # sdist (wheels live under packages/<python tag>/<first letter>/<name>/).
 inherit pypi
-SECTION = "libs"
 PYPI_PACKAGE = "onnxruntime"
 PYPI_SRC_URI = "${@pypi_src_uri(d).split('/packages/source/')[0]}/packages/cp311/o/onnxruntime/${ORT_WHEEL};name=wheel;subdir=onnxruntime-${PV};unpack=0"
 SRC_URI[wheel.sha256sum] = "${ORT_WHEEL_SHA256}"
-S = "${WORKDIR}/onnxruntime-${PV}"
+# subdir= is relative to UNPACKDIR (walnascar and later).
+S = "${UNPACKDIR}/onnxruntime-${PV}"
 
 # Only the library and its licence files are used; nothing is compiled.
 do_configure[noexec] = "1"
@@ -38,6 +45,7 @@ python ort_extract_wheel() {
                      'onnxruntime/capi/libonnxruntime.so.' + d.getVar('PV')):
             whl.extract(name, s)
 }
+ort_extract_wheel[doc] = "Extract the library and its licence files from the wheel (fetched with unpack=0)"
 do_unpack[postfuncs] += "ort_extract_wheel"
 
 do_install() {
@@ -50,10 +58,17 @@ do_install() {
     install -m 0644 ${S}/onnxruntime/ThirdPartyNotices.txt ${D}${datadir}/doc/${BPN}/
 }
 
+# The daemon dlopen()s the unversioned or full name, so keep the .so link in the main package.
+FILES:${PN} += "${libdir}/libonnxruntime.so"
+# -dev gets nothing: no headers are shipped, and the .so link belongs to the main package.
+# nooelint: oelint.var.filesoverride
+FILES:${PN}-dev = ""
+
 # storeguard RDEPENDS on "onnxruntime"; with meta-onnxruntime in the build as well, choose with
 # PREFERRED_RPROVIDER_onnxruntime = "onnxruntime-prebuilt".
 RPROVIDES:${PN} += "onnxruntime"
-# The daemon dlopen()s the unversioned or full name, so keep the .so link in the main package.
-FILES:${PN} += "${libdir}/libonnxruntime.so"
-FILES:${PN}-dev = ""
+
+# Prebuilt upstream binary, installed unchanged: it is already stripped, was linked without OE's
+# LDFLAGS, and the unversioned .so link is in the main package on purpose (dlopen, above).
+# nooelint: oelint.vars.insaneskip
 INSANE_SKIP:${PN} += "already-stripped dev-so ldflags"
