@@ -94,7 +94,9 @@ t_root=$((SECONDS - start))
 in_root() { chroot "$run" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
 apt_install() {
     # gstreamer1.0-tools only for the element check below; it is not a dependency.
+    # --force-unsafe-io: no fsync per unpacked file; this root is thrown away (halves the time).
     in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o DPkg::Options::=--force-unsafe-io \
         "${debs[@]/#*\//\/tmp\/debs\/}" gstreamer1.0-tools
 }
 log "installing $(basename -a "${debs[@]}" | tr '\n' ' ')with apt in the fresh root"
