@@ -43,8 +43,9 @@ require ${BPN}-crates.inc
 
 # Only the device daemon: package `storeguard`, binary `storeguard`, built from the workspace root
 # (CARGO_SRC_DIR stays ""). --no-default-features leaves the test fixtures (fake cameras,
-# gst-rtsp-server) out while they are still a feature of this package; it is harmless once they
-# live in their own workspace crate.
+# gst-rtsp-server) out while they are a default feature of this package. Once they live in their
+# own workspace crate, drop it if crates/storeguard gains default features the device needs
+# (scripts/build-deb.sh decides this from `cargo metadata`; bitbake cannot).
 CARGO_BUILD_FLAGS:append = " -p storeguard --bin storeguard --no-default-features"
 
 # H.264 decoder for the person detector's frames. gstreamer1.0-libav (avdec_h264) needs
