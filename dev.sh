@@ -19,14 +19,15 @@ mkdir -p local
 case "$1" in
   demo)
     shift
-    cargo build --bins
+    cargo build --workspace --bins
     exec target/debug/sg-demo "$@"
     ;;
   test)
     shift
-    # One build profile for tests and demo, so running both compiles once.
-    cargo build --bins --tests
-    cargo test --no-fail-fast "$@"
+    # One build profile for tests and demo, so running both compiles once. The tests run
+    # the workspace's binaries (storeguard, fakecam, sg-receiver), so build those first.
+    cargo build --workspace --bins --tests
+    cargo test --workspace --no-fail-fast "$@"
     ;;
   *) usage ;;
 esac
