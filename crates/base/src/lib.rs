@@ -6,6 +6,7 @@
 //! crate of the project, so anything may depend on it.
 
 pub mod clock;
+pub mod error;
 pub mod fs;
 pub mod net;
 pub mod shutdown;

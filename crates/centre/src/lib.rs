@@ -477,7 +477,8 @@ impl Receiver {
                 Err(_) => (None, "tofu-new"),
             },
         };
-        let report = verify(&part, Some(&manifest), pinned.as_deref()).map_err(|e| e.to_string());
+        let report = verify(&part, Some(&manifest), pinned.as_deref())
+            .map_err(|e| storeguard_base::error::chain(&e));
         let report = report.and_then(|r| {
             if r.manifest.site_id != site || r.manifest.device_id != device {
                 Err(format!(

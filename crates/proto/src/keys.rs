@@ -25,7 +25,7 @@ pub const PUBLIC_KEY_FILE: &str = "device_ed25519.pub";
 /// Why the device key could not be loaded, created or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("device key: {0}")]
+    #[error("device key")]
     Io(#[from] io::Error),
     #[error(
         "device key {path} has mode {mode:04o}: group/other may access it; \
@@ -40,7 +40,7 @@ pub enum KeyError {
     NotAFile { path: PathBuf },
     #[error("no randomness from the OS for the device key: {0}")]
     Random(getrandom::Error),
-    #[error("public key is not valid base64: {0}")]
+    #[error("public key is not valid base64")]
     PublicKeyBase64(#[from] base64::DecodeError),
     #[error("public key is {found} bytes, expected 32")]
     PublicKeyLength { found: usize },

@@ -279,9 +279,9 @@ pub struct VerifyReport {
 /// Why a clip failed verification. Each variant says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read manifest {path}: {source}")]
+    #[error("cannot read manifest {path}")]
     ManifestRead { path: PathBuf, source: io::Error },
-    #[error("manifest {path} is not a valid {SCHEMA} manifest: {source}")]
+    #[error("manifest {path} is not a valid {SCHEMA} manifest")]
     ManifestParse {
         path: PathBuf,
         source: serde_json::Error,
@@ -320,7 +320,7 @@ pub enum VerifyError {
          the manifest was altered after signing"
     )]
     SignatureMismatch { path: PathBuf, key_id: String },
-    #[error("cannot read clip {path}: {source}")]
+    #[error("cannot read clip {path}")]
     ClipRead { path: PathBuf, source: io::Error },
     #[error("clip {path}: size mismatch: {found} bytes, manifest says {expected}")]
     SizeMismatch {

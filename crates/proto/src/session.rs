@@ -51,7 +51,7 @@ pub enum TlsSetupError {
         path: PathBuf,
         reason: String,
     },
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Rustls(#[from] rustls::Error),
 }
 

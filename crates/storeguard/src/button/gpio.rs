@@ -67,7 +67,7 @@ pub enum GpioError {
     #[error("{at}: no usable GPIO uAPI: {detail}")]
     NoUsableAbi { at: Box<LineRef>, detail: String },
     /// The kernel refused the line request (busy, bias unsupported by the hardware, ...).
-    #[error("{at}: line request failed{busy}: {source}")]
+    #[error("{at}: line request failed{busy}")]
     Request {
         at: Box<LineRef>,
         /// `", in use by 'x'"` when another consumer holds the line, else empty.
@@ -76,7 +76,7 @@ pub enum GpioError {
         source: Box<gpiocdev::Error>,
     },
     /// Waiting for or reading edge events failed.
-    #[error("{at}: reading edge events: {source}")]
+    #[error("{at}: reading edge events")]
     Read {
         at: Box<LineRef>,
         #[source]

@@ -155,7 +155,7 @@ impl Buttons {
                         tracing::error!("{e}");
                         let mut st = status.lock().unwrap_or_else(|p| p.into_inner());
                         st.state = "failed".into();
-                        st.error = Some(e.to_string());
+                        st.error = Some(storeguard_base::error::chain(&e));
                         None
                     }
                 }
@@ -323,7 +323,7 @@ fn spawn<S: EdgeSource + 'static>(
                         tracing::error!(button = %ctx.name, "reading button failed: {e}");
                         let mut st = ctx.status.lock().unwrap_or_else(|p| p.into_inner());
                         st.state = "failed".into();
-                        st.error = Some(e.to_string());
+                        st.error = Some(storeguard_base::error::chain(&e));
                         return;
                     }
                 }

@@ -224,7 +224,11 @@ pub fn dispatch(args: Args) -> Result<u8> {
             }
             Err(e) => Err(exit::coded(
                 exit::DATAERR,
-                format!("verification FAILED for {}: {e}", clip.display()),
+                format!(
+                    "verification FAILED for {}: {}",
+                    clip.display(),
+                    storeguard_base::error::chain(&e)
+                ),
             )),
         },
         Cmd::Config(ConfigCmd::Show) => {
@@ -272,7 +276,10 @@ fn export(args: &Args, camera: &str, from: &str, to: &str, out: &Path) -> Result
     storeguard::evidence::verify(&clip_path, Some(&manifest_path), None).map_err(|e| {
         exit::coded(
             exit::DATAERR,
-            format!("exported copy failed verification: {e}"),
+            format!(
+                "exported copy failed verification: {}",
+                storeguard_base::error::chain(&e)
+            ),
         )
     })?;
     let m = &v["manifest"];

@@ -101,7 +101,7 @@ pub enum BindError {
     InUse(PathBuf),
     #[error("control socket {0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

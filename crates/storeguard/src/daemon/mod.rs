@@ -67,7 +67,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
                 exit::CONFIG,
                 format!("{}: control.group: {e}", loaded.path.display()),
             ),
-            e => coded(exit::CANTCREAT, e.to_string()),
+            e => coded(exit::CANTCREAT, storeguard_base::error::chain(&e)),
         })?;
     let access = Access {
         group: cfg.control.group.clone().zip(gid),
@@ -89,7 +89,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
 
     let key_dir = cfg.storage.data_dir.join("keys");
     let key = DeviceKey::load_or_create(&key_dir)
-        .map_err(|e| coded(exit::IOERR, format!("device key: {e}")))?;
+        .map_err(|e| coded(exit::IOERR, storeguard_base::error::chain(&e)))?;
     tracing::info!(key_id = %key.key_id(), public_key = %key.public_key_b64(), "device signing key");
     let incidents = Arc::new(Incidents {
         store: store.clone(),
@@ -255,7 +255,10 @@ fn start_uplink(store: &Store, cfg: &Config) -> Result<Option<UplinkHandle>> {
             UplinkError::Thread(_) => exit::OSERR,
             _ => exit::CONFIG,
         };
-        coded(code, format!("uplink: {e}"))
+        coded(
+            code,
+            format!("uplink: {}", storeguard_base::error::chain(&e)),
+        )
     })
 }
 

@@ -28,7 +28,7 @@ pub enum ClipError {
     Cut { camera: String, detail: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("writing evidence: {0}")]
+    #[error("writing evidence")]
     Io(#[from] std::io::Error),
 }
 
@@ -66,7 +66,7 @@ pub fn available(store: &Store, camera: &str) -> String {
             ),
             None => format!("the ring holds nothing for {camera}"),
         },
-        Err(e) => format!("(ring not readable: {e})"),
+        Err(e) => format!("(ring not readable: {})", storeguard_base::error::chain(&e)),
     }
 }
 
@@ -258,7 +258,7 @@ pub fn seal_range(
     let sealed = match cut(store, key, site, &spec) {
         Ok(s) => s,
         Err(e) => {
-            let _ = store.fail_clip(id, &e.to_string());
+            let _ = store.fail_clip(id, &storeguard_base::error::chain(&e));
             let _ = store.remove_retention_lock(lock);
             return Err(e);
         }

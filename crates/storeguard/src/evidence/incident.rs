@@ -271,13 +271,9 @@ impl Incidents {
                     Ok(sealed.rel_path)
                 }
                 Err(e) => {
-                    store.fail_clip(job.id, &e.to_string())?;
-                    store.health_event(
-                        now_ns(),
-                        "clip_failed",
-                        Some(&job.camera),
-                        &e.to_string(),
-                    )?;
+                    let why = storeguard_base::error::chain(&e);
+                    store.fail_clip(job.id, &why)?;
+                    store.health_event(now_ns(), "clip_failed", Some(&job.camera), &why)?;
                     Err(e.into())
                 }
             }

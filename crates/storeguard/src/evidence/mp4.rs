@@ -145,7 +145,7 @@ impl Mp4Info {
 pub enum Mp4Error {
     #[error("no source slices given")]
     NoSources,
-    #[error("{path} at offset {offset}: {source}")]
+    #[error("{path} at offset {offset}")]
     Io {
         path: PathBuf,
         offset: u64,
@@ -197,7 +197,7 @@ pub enum Mp4Error {
     },
     #[error("{path}: moov is not before mdat (muxer {muxer})")]
     NotFaststart { path: PathBuf, muxer: &'static str },
-    #[error("output {path}: {source}")]
+    #[error("output {path}")]
     Output { path: PathBuf, source: io::Error },
     #[error("output {path} already exists; refusing to overwrite evidence")]
     OutputExists { path: PathBuf },

@@ -26,7 +26,7 @@ const LOCK_FILE: &str = "storeguard.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
@@ -45,7 +45,7 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
-    #[error("database {path}: {source}")]
+    #[error("database {path}")]
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,

@@ -36,10 +36,10 @@ pub enum UplinkError {
     NotConfigured,
     #[error("uplink.broker: {0}")]
     BrokerUrl(String),
-    #[error("uplink.tls: {0}")]
+    #[error("uplink.tls")]
     Tls(#[from] TlsSetupError),
-    #[error("starting the uplink thread: {0}")]
-    Thread(std::io::Error),
+    #[error("starting the uplink thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Derived once from the config.

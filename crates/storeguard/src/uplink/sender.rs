@@ -603,7 +603,7 @@ impl Link {
             let (len, payload) = match built {
                 Ok(c) => c,
                 Err(e) => {
-                    self.fail_active(e.to_string());
+                    self.fail_active(storeguard_base::error::chain(&e));
                     continue;
                 }
             };
@@ -708,7 +708,7 @@ impl Link {
                     self.active = Some(a);
                     return true;
                 }
-                Err(e) => self.fail_upload(&row.clip, e.to_string()),
+                Err(e) => self.fail_upload(&row.clip, storeguard_base::error::chain(&e)),
             }
         }
         self.uploads_idle = true;

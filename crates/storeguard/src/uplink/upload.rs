@@ -68,7 +68,7 @@ pub struct Active {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("clip {clip}: cannot open {path}: {source}")]
+    #[error("clip {clip}: cannot open {path}")]
     Open {
         clip: String,
         path: PathBuf,
@@ -81,7 +81,7 @@ pub enum UploadError {
         expected: u64,
         found: u64,
     },
-    #[error("clip {clip}: read {path} at offset {offset}: {source}")]
+    #[error("clip {clip}: read {path} at offset {offset}")]
     Read {
         clip: String,
         path: PathBuf,
