@@ -30,7 +30,23 @@ pub(super) async fn serve_conn(
             "uid {} is not allowed to use the storeguard control socket",
             peer.uid
         );
-        return write_json(&mut wr, 403, &serde_json::json!({ "error": msg })).await;
+        write_json(&mut wr, 403, &serde_json::json!({ "error": msg })).await?;
+        // Closing with the request unread would reset the connection before the caller
+        // reads the 403; discard (never keep) what it sends, within bounds.
+        wr.shutdown().await?;
+        let mut sink = [0u8; 8192];
+        let mut rd = rd;
+        let drain = async {
+            let mut left = MAX_BODY + 64 * 1024;
+            while left > 0 {
+                match rd.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        return Ok(());
     }
     let mut rd = BufReader::new(rd);
     let req = match read_request(&mut rd, peer).await {

@@ -223,3 +223,33 @@ fn user_entry(uid: u32) -> Option<(String, u32)> {
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some((name.to_string_lossy().into_owned(), pwd.pw_gid))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_membership_uses_the_gid_resolved_at_bind_time() {
+        // "nobody" is a member of its own primary group (65534 on Debian). The group's
+        // name is gone from the database (renamed, say); the gid from bind time still
+        // decides, and no getgrnam runs per connection.
+        let Some((_, primary)) = user_entry(65534) else {
+            return;
+        };
+        let access = Access {
+            group: Some(("no-such-group-any-more".into(), primary)),
+            allowed_uids: vec![],
+        };
+        let peer = Peer {
+            uid: 65534,
+            gid: primary.wrapping_add(1),
+            pid: None,
+        };
+        assert!(access.allows(&peer));
+        let stranger = Access {
+            group: Some(("no-such-group-any-more".into(), primary.wrapping_add(7))),
+            allowed_uids: vec![],
+        };
+        assert!(!stranger.allows(&peer));
+    }
+}

@@ -249,17 +249,20 @@ fn start_uplink(store: &Store, cfg: &Config) -> Result<Option<UplinkHandle>> {
         return Ok(None);
     }
     Uplink::start(store.clone(), cfg).map(Some).map_err(|e| {
-        // A thread that cannot start is the machine's problem, not the config's: 78
-        // would tell systemd never to restart.
-        let code = match e {
-            UplinkError::Thread(_) => exit::OSERR,
-            _ => exit::CONFIG,
-        };
         coded(
-            code,
+            uplink_exit_code(&e),
             format!("uplink: {}", storeguard_base::error::chain(&e)),
         )
     })
+}
+
+/// A thread that cannot start is the machine's problem, not the config's: 78 would tell
+/// systemd never to restart.
+fn uplink_exit_code(e: &UplinkError) -> u8 {
+    match e {
+        UplinkError::Thread(_) => exit::OSERR,
+        _ => exit::CONFIG,
+    }
 }
 
 /// What a button signal means for evidence: presses secure the mapped cameras' pre- and
@@ -291,4 +294,19 @@ pub fn button_trigger(sig: &Signal, cfg: &Config) -> Option<Trigger> {
         window,
         detail: json!({ "wiring": b.wiring, "cameras": b.cameras }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_cannot_start_is_not_a_config_error() {
+        let e = UplinkError::Thread(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(uplink_exit_code(&e), exit::OSERR);
+        assert_eq!(
+            uplink_exit_code(&UplinkError::BrokerUrl("x".into())),
+            exit::CONFIG
+        );
+    }
 }

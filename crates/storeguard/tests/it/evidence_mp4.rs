@@ -17,6 +17,7 @@ use storeguard::evidence::{
     DeviceKey, Manifest, Mp4Error, Mp4Info, TsSlice, VerifyError, VideoCodec, remux_ts_to_mp4,
     sidecar_path, verify,
 };
+use storeguard_fixtures::harness::{Probe, top_level_boxes};
 
 struct TempDir(PathBuf);
 
@@ -136,52 +137,12 @@ fn slice(path: &Path, start: u64, end: Option<u64>) -> TsSlice {
     }
 }
 
-#[derive(Debug)]
-struct Probe {
-    codec: String,
-    width: u64,
-    height: u64,
-    frames: u64,
-    duration: f64,
-    /// Presentation times of all packets, sorted.
-    pts: Vec<f64>,
-}
-
+/// ffprobe must run to the end; what it says is checked by each test.
+#[track_caller]
 fn ffprobe(path: &Path) -> Probe {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames,duration",
-        ])
-        .args(["-show_entries", "packet=pts_time", "-of", "json"])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v["streams"][0];
-    let num = |x: &serde_json::Value| x.as_str().unwrap().parse::<f64>().unwrap();
-    let mut pts: Vec<f64> = v["packets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| num(&p["pts_time"]))
-        .collect();
-    pts.sort_by(f64::total_cmp);
-    Probe {
-        codec: s["codec_name"].as_str().unwrap().to_string(),
-        width: s["width"].as_u64().unwrap(),
-        height: s["height"].as_u64().unwrap(),
-        frames: num(&s["nb_read_frames"]) as u64,
-        duration: num(&s["duration"]),
-        pts,
-    }
+    let p = storeguard_fixtures::harness::ffprobe(path);
+    assert!(p.ok, "ffprobe {}: {}", path.display(), p.errors);
+    p
 }
 
 /// Decodes every frame with ffmpeg; any decoder complaint fails.
@@ -198,26 +159,6 @@ fn assert_decodes_cleanly(path: &Path) {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Top-level MP4 box types in file order.
-fn top_level_boxes(path: &Path) -> Vec<String> {
-    let data = std::fs::read(path).unwrap();
-    let mut pos = 0usize;
-    let mut boxes = Vec::new();
-    while pos + 8 <= data.len() {
-        let mut size = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-        boxes.push(String::from_utf8_lossy(&data[pos + 4..pos + 8]).into_owned());
-        if size == 1 {
-            size = u64::from_be_bytes(data[pos + 8..pos + 16].try_into().unwrap()) as usize;
-        } else if size == 0 {
-            break;
-        }
-        assert!(size >= 8, "bad box size at {pos} in {}", path.display());
-        pos += size;
-    }
-    assert_eq!(pos, data.len(), "boxes do not tile {}", path.display());
-    boxes
 }
 
 fn assert_faststart(path: &Path) {
@@ -306,7 +247,10 @@ fn h264_two_consecutive_segments() {
          ! splitmuxsink muxer-factory=mpegtsmux max-size-time=3000000000 location={}/seg%02d.ts",
         dir.0.display()
     )) {
-        eprintln!("SKIPPED h264_two_consecutive_segments: splitmuxsink hung making the fixture");
+        storeguard_fixtures::harness::skip(
+            "h264_two_consecutive_segments",
+            "splitmuxsink hung making the fixture",
+        );
         return;
     }
     let (a, b) = (dir.join("seg00.ts"), dir.join("seg01.ts"));
@@ -382,7 +326,7 @@ fn h264_clock_reset_is_reported_and_still_valid() {
 #[test]
 fn h265_segments_with_gap() {
     if !has_element("x265enc") {
-        eprintln!("x265enc not installed; skipping the H.265 test");
+        storeguard_fixtures::harness::skip("h265_segments_with_gap", "x265enc is not installed");
         return;
     }
     let dir = TempDir::new("h265");

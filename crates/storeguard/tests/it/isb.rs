@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
+use storeguard_base::now_ns;
 use storeguard_fixtures::harness::*;
 use storeguard_fixtures::{FakeCamFleet, FleetOptions, FleetSource};
 
@@ -76,10 +77,6 @@ fn button(name: &str, wiring: &str, cameras: &[&str], extra: &str) -> String {
          cameras = [{}]\n{extra}\n",
         cams.join(", ")
     )
-}
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap()
 }
 
 fn rfc3339(ns: i64) -> String {
@@ -291,86 +288,6 @@ fn manifest_of(clip: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-#[derive(Debug)]
-struct Probe {
-    codec: String,
-    width: u64,
-    height: u64,
-    frames: u64,
-    /// Presentation times of all packets, sorted, in seconds.
-    pts: Vec<f64>,
-}
-
-/// ffprobe decodes every frame (`-count_frames`); any decoder complaint fails the test.
-#[track_caller]
-fn ffprobe(path: &Path) -> Probe {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-        ])
-        .args(["-show_entries", "packet=pts_time", "-of", "json"])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "ffprobe {}: {stderr}",
-        path.display()
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v["streams"][0];
-    let mut pts: Vec<f64> = v["packets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["pts_time"].as_str().unwrap().parse().unwrap())
-        .collect();
-    pts.sort_by(f64::total_cmp);
-    Probe {
-        codec: s["codec_name"].as_str().unwrap_or_default().to_string(),
-        width: s["width"].as_u64().unwrap_or(0),
-        height: s["height"].as_u64().unwrap_or(0),
-        frames: s["nb_read_frames"]
-            .as_str()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-        pts,
-    }
-}
-
-/// Top-level MP4 box types in file order (an independent look at the layout).
-fn top_level_boxes(path: &Path) -> Vec<String> {
-    let data = std::fs::read(path).unwrap();
-    let mut pos = 0usize;
-    let mut out = Vec::new();
-    while pos + 8 <= data.len() {
-        let mut size = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as u64;
-        out.push(String::from_utf8_lossy(&data[pos + 4..pos + 8]).into_owned());
-        if size == 1 {
-            size = u64::from_be_bytes(data[pos + 8..pos + 16].try_into().unwrap());
-        } else if size == 0 {
-            break;
-        }
-        assert!(size >= 8, "{}: box of size {size} at {pos}", path.display());
-        pos += size as usize;
-    }
-    out
-}
-
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// Checks that a sealed clip plays, is faststart H.264, matches its hash everywhere, has
 /// a manifest for its clip row, and verifies. Returns (manifest, probe).
 #[track_caller]
@@ -380,7 +297,7 @@ fn check_sealed(site: &Site, clip: &Clip) -> (PathBuf, Value, Probe) {
         .join(clip.path.as_deref().expect("sealed clip has a path"));
     let m = manifest_of(&path);
     eprintln!("{}: {m}", path.display());
-    let p = ffprobe(&path);
+    let p = ffprobe_clean(&path);
     assert_eq!(p.codec, "h264", "{p:?}");
     assert_eq!(
         (p.width, p.height),
@@ -877,7 +794,7 @@ fn press_seals_a_verifiable_clip_and_export_is_audited() {
     out.expect(0);
     let exported = PathBuf::from(out.stdout.lines().next().unwrap());
     assert!(exported.starts_with(&out_dir), "{}", out.stdout);
-    ffprobe(&exported);
+    ffprobe_clean(&exported);
     site.cli(&[
         "evidence",
         "verify",
@@ -912,7 +829,10 @@ fn press_seals_a_verifiable_clip_and_export_is_audited() {
 /// clip in `dir`; returns whether it accepted it. `None` without openssl.
 fn doc_recipe_accepts(dir: &Path, clip: &Path, pubkey: &str) -> Option<bool> {
     if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("openssl not installed; skipping the docs/evidence.md recipe");
+        skip(
+            "docs/evidence.md openssl recipe",
+            "openssl is not installed",
+        );
         return None;
     }
     let doc = std::fs::read_to_string(repo_root().join("docs/evidence.md")).unwrap();

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use storeguard_base::now_ns;
 use storeguard_fixtures::harness::*;
 use storeguard_fixtures::{FakeCamFleet, FleetOptions};
 
@@ -61,10 +62,6 @@ fn small(cameras: u32) -> FleetOptions {
     }
 }
 
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap()
-}
-
 fn secs(ns: i64) -> f64 {
     ns as f64 / 1e9
 }
@@ -100,16 +97,6 @@ fn rec_config(data_dir: &str, storage: &str, cams: &[Cam]) -> String {
     s
 }
 
-/// Polls `cond` every 250 ms until it holds; panics with `what` after `limit`.
-#[track_caller]
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out after {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// `cameras --json`.
 #[track_caller]
 fn cameras(site: &Site) -> Value {
@@ -141,7 +128,7 @@ fn all_recording(site: &Site, ids: &[&str]) -> bool {
 #[track_caller]
 fn start_recording(site: &Site, ids: &[&str]) -> Daemon {
     let d = site.start();
-    wait_for(
+    wait_until_within(
         &format!("cameras {ids:?} recording"),
         Duration::from_secs(60),
         || all_recording(site, ids),
@@ -228,41 +215,6 @@ fn integrity(c: &Connection) -> String {
         .unwrap()
 }
 
-/// What ffprobe makes of a segment, decoding every frame.
-#[derive(Debug)]
-struct Probe {
-    errors: String,
-    frames: u64,
-    codec: String,
-    width: u64,
-    height: u64,
-}
-
-fn probe(path: &Path) -> Probe {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-        ])
-        .args(["-of", "json"])
-        .arg(path)
-        .output()
-        .expect("run ffprobe");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let s = &v["streams"][0];
-    Probe {
-        errors: String::from_utf8_lossy(&out.stderr).into_owned(),
-        frames: s["nb_read_frames"]
-            .as_str()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0),
-        codec: s["codec_name"].as_str().unwrap_or("").to_string(),
-        width: s["width"].as_u64().unwrap_or(0),
-        height: s["height"].as_u64().unwrap_or(0),
-    }
-}
-
 /// Probes many files on a few threads.
 fn probe_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, Probe)> {
     let chunks: Vec<Vec<PathBuf>> = (0..3)
@@ -275,7 +227,7 @@ fn probe_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, Probe)> {
                 s.spawn(move || {
                     ch.into_iter()
                         .map(|p| {
-                            let r = probe(&p);
+                            let r = ffprobe(&p);
                             (p, r)
                         })
                         .collect::<Vec<_>>()
@@ -471,7 +423,7 @@ fn a_camera_outage_is_one_gap_on_that_camera_only() {
 
     let down = now_ns();
     f.stop(2).unwrap();
-    wait_for("cam2 seen offline", Duration::from_secs(20), || {
+    wait_until_within("cam2 seen offline", Duration::from_secs(20), || {
         camera(&cameras(&site), "cam2")["state"] != "recording"
     });
     let v = cameras(&site);
@@ -489,7 +441,7 @@ fn a_camera_outage_is_one_gap_on_that_camera_only() {
     );
     f.start(2).unwrap();
     let up = now_ns();
-    wait_for("cam2 recording again", Duration::from_secs(30), || {
+    wait_until_within("cam2 recording again", Duration::from_secs(30), || {
         camera(&cameras(&site), "cam2")["state"] == "recording"
     });
     std::thread::sleep(Duration::from_secs(5));
@@ -564,18 +516,13 @@ fn a_camera_outage_is_one_gap_on_that_camera_only() {
 // ---------------------------------------------------------------------------------------
 // 3. kill -9
 
-fn random_ms(lo: u64, hi: u64) -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    lo + u64::from_le_bytes(b) % (hi - lo)
-}
-
 #[test]
 fn kill_9_mid_segment_loses_at_most_a_sync_interval() {
     const KILLS: usize = 4;
     // What a kill may lose: the last sync interval (1 s) of written-but-unflushed frames,
     // plus rtspsrc's 200 ms jitterbuffer, plus scheduling slack on a loaded box.
     const LOSS: i64 = 1_700_000_000;
+    let mut rng = Rng::new("kill_9_mid_segment_loses_at_most_a_sync_interval");
     let f = fleet(small(2));
     let site = Site::new();
     let cams = [cam("cam1", f.url(1)), cam("cam2", f.url(2))];
@@ -619,7 +566,7 @@ fn kill_9_mid_segment_loses_at_most_a_sync_interval() {
                     "{id}: recovered segment ends {:.3} s before the kill (kill {round}, {cut:?})",
                     secs(short)
                 );
-                let p = probe(&site.data_dir().join(&cut.path));
+                let p = ffprobe(&site.data_dir().join(&cut.path));
                 assert!(
                     p.errors.is_empty(),
                     "{id}: ffprobe on the cut segment {}: {}",
@@ -656,7 +603,7 @@ fn kill_9_mid_segment_loses_at_most_a_sync_interval() {
             stop(&mut d);
             break;
         }
-        let wait = random_ms(1_500, 9_000);
+        let wait = rng.range(1_500, 9_000);
         std::thread::sleep(Duration::from_millis(wait));
         let at = now_ns();
         d.signal(libc::SIGKILL);
@@ -699,7 +646,7 @@ fn tiny_budget_evicts_oldest_first_and_keeps_locked_footage() {
     let mut d = start_recording(&site, &ids);
     let rec = site.data_dir().join("recordings");
 
-    wait_for(
+    wait_until_within(
         "cam1 has 6 s of closed segments",
         Duration::from_secs(30),
         || {
@@ -712,7 +659,7 @@ fn tiny_budget_evicts_oldest_first_and_keeps_locked_footage() {
     );
     site.cli(&["button", "press", "till", "--test"]).expect(0);
     let mut lock: Option<(i64, i64)> = None;
-    wait_for(
+    wait_until_within(
         "the press's retention lock",
         Duration::from_secs(10),
         || {
@@ -908,7 +855,10 @@ fn full_disk_keeps_recording_by_eviction() {
     let _tmpfs = match Tmpfs::mount(&mnt, "20m") {
         Ok(t) => t,
         Err(e) => {
-            println!("SKIPPED full_disk_keeps_recording_by_eviction: cannot mount a tmpfs ({e})");
+            skip(
+                "full_disk_keeps_recording_by_eviction",
+                &format!("cannot mount a tmpfs ({e})"),
+            );
             return;
         }
     };
@@ -931,7 +881,7 @@ fn full_disk_keeps_recording_by_eviction() {
     let data = mnt.join("data");
     let d = start_recording(&site, &ids);
 
-    wait_for(
+    wait_until_within(
         "eviction driven by free space",
         Duration::from_secs(90),
         || {
@@ -1098,7 +1048,7 @@ fn bad_cameras_report_clear_errors_while_good_ones_record() {
     ));
     let d = start_recording(&site, &["good1", "good2"]);
     let mut v = Value::Null;
-    wait_for(
+    wait_until_within(
         "every bad camera shows its error",
         Duration::from_secs(60),
         || {
@@ -1165,7 +1115,7 @@ fn reload_touches_only_the_changed_cameras() {
     site.write_config(&rec_config("data", storage, &five));
     let added = now_ns();
     d.signal(libc::SIGHUP);
-    wait_for(
+    wait_until_within(
         "cam5 recording after SIGHUP",
         Duration::from_secs(30),
         || all_recording(&site, &["cam5"]),
@@ -1184,7 +1134,7 @@ fn reload_touches_only_the_changed_cameras() {
     let out = site.cli(&["config", "reload"]);
     out.expect(0);
     assert!(out.stdout.contains("config reloaded"), "{}", out.stdout);
-    wait_for(
+    wait_until_within(
         "cam3 recording its new stream, cam4 gone",
         Duration::from_secs(30),
         || {

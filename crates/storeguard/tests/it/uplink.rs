@@ -22,6 +22,7 @@ use storeguard::store::outbox::{Class, Limits};
 use storeguard::store::upload::UploadState;
 use storeguard::uplink::{Uplink, UplinkHandle, topics};
 use storeguard_fixtures::broker::{BrokerOpts, BrokerTls, MosquittoBroker};
+use storeguard_fixtures::harness::{DEADLINE, Site, wait_until_within};
 
 const SITE: &str = "s1";
 
@@ -42,15 +43,10 @@ fn alert_payload(ev: &EventRow, clips: &[String]) -> Vec<u8> {
     )
 }
 
-fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The harness's wait, in whole seconds as these tests count them.
+#[track_caller]
+fn wait_until(secs: u64, what: &str, done: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(secs), done);
 }
 
 // ---------------------------------------------------------------- receiver process
@@ -366,6 +362,7 @@ impl Device {
     }
 }
 
+/// Deterministic bytes (a clip's content must be the same on a re-run of one test).
 fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
@@ -615,7 +612,7 @@ fn child_uplink_process() {
 fn spawn_child(dir: &Path, broker: &str, enqueue: bool) -> Child {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
-        "child_uplink_process",
+        "uplink::child_uplink_process",
         "--exact",
         "--nocapture",
         "--test-threads=1",
@@ -1348,5 +1345,131 @@ fn bench_uplink() {
         total >> 20,
         secs,
         100.0 * bytes / secs / cap as f64,
+    );
+}
+
+// ------------------------------------------------- the daemon with [uplink]
+
+/// A daemon config: one camera that never answers, a simulated button on it, and
+/// `[uplink]` to `broker` with `extra` lines added.
+fn daemon_uplink_config(broker: &str, extra: &str) -> String {
+    format!(
+        r#"[site]
+site_id = "test-store"
+device_id = "test-box"
+
+[storage]
+data_dir = "data"
+
+[control]
+socket = "control.sock"
+
+[health]
+offline_alert_after = "2s"
+
+[uplink]
+broker = "{broker}"
+max_reconnect_backoff = "300ms"
+{extra}
+
+[[cameras]]
+id = "cam1"
+name = "Till"
+url = "rtsp://127.0.0.1:1/cam1"
+
+[[buttons]]
+name = "till"
+chip = "sim"
+line = 0
+wiring = "normally-open"
+cameras = ["cam1"]
+"#
+    )
+}
+
+fn press_test(site: &Site) {
+    site.cli(&["button", "press", "till", "--test"]).expect(0);
+}
+
+#[test]
+fn daemon_sends_a_press_over_mosquitto_and_a_reload_moves_it_to_another_broker() {
+    let a = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+    let b = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+    let (rx_a, rx_b) = (Rx::start(&a.url()), Rx::start(&b.url()));
+    rx_a.wait_subscribed(1);
+    rx_b.wait_subscribed(1);
+
+    let site = Site::new();
+    site.write_config(&daemon_uplink_config(&a.url(), ""));
+    let _d = site.start();
+    press_test(&site);
+    wait_until(20, "the first press's alert at broker A", || {
+        rx_a.alerts_from("test-box").len() == 1
+    });
+
+    site.write_config(&daemon_uplink_config(&b.url(), ""));
+    let out = site.cli(&["config", "reload"]);
+    out.expect(0);
+    wait_until(20, "the uplink to report broker B", || {
+        site.status()["uplink"]["broker"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!(":{}", b.port())))
+    });
+    // One press at a time: a second press while the first is still held is the same press.
+    wait_until(20, "the button to be released", || {
+        site.status()["buttons"][0]["state"] == "idle"
+    });
+    press_test(&site);
+    wait_until(20, "the second press's alert at broker B", || {
+        rx_b.alerts_from("test-box").len() == 1
+    });
+    assert_eq!(
+        rx_a.alerts_from("test-box").len(),
+        1,
+        "broker A got an alert after the reload moved the uplink away"
+    );
+    assert_ne!(rx_a.alerts_from("test-box"), rx_b.alerts_from("test-box"));
+}
+
+#[test]
+fn daemon_telemetry_obeys_the_configured_outbox_limits() {
+    // The broker is never there: nothing drains, so the outbox holds what the limits allow.
+    let port = storeguard_fixtures::broker::free_port().unwrap();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let site = Site::new();
+    site.write_config(&daemon_uplink_config(&url, "max_messages = 100"));
+    {
+        // Create the database, then queue 150 telemetry messages behind the daemon's back.
+        let mut d = site.start();
+        d.signal(libc::SIGTERM);
+        d.wait_exit(DEADLINE).expect("daemon stops");
+        let db = site.db();
+        for i in 0..150 {
+            db.execute(
+                "INSERT INTO outbox(class, topic, payload, retain, created_ns) VALUES (3, 'health', ?1, 0, ?2)",
+                rusqlite::params![b"{}".to_vec(), i],
+            )
+            .unwrap();
+        }
+    }
+    let _d = site.start();
+    let db = site.db();
+    let offline = || {
+        db.query_row(
+            "SELECT count(*) FROM health_event WHERE kind = 'camera_offline'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    };
+    wait_until(20, "the camera-offline health event", || offline() >= 1);
+    let queued: i64 = db
+        .query_row("SELECT count(*) FROM outbox WHERE class = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        queued <= 100,
+        "{queued} telemetry messages queued; uplink.max_messages is 100"
     );
 }
