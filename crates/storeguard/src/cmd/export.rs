@@ -59,7 +59,6 @@ impl ClipExport {
                 &cam,
                 &uid,
                 (from, to),
-                now,
             )
             .map_err(|e| match e {
                 ClipError::NoFootage { .. } => CmdError::NotFound(e.to_string()),

@@ -235,8 +235,8 @@ pub fn seal_range(
     camera: &crate::config::Camera,
     uid: &str,
     (from_ns, to_ns): (i64, i64),
-    now_ns: i64,
 ) -> Result<Sealed, ClipError> {
+    let now_ns = storeguard_base::now_ns();
     recorder.sync_now(&camera.id);
     let lock =
         store.add_retention_lock(&camera.id, from_ns, to_ns, &format!("export {uid}"), now_ns)?;
@@ -271,7 +271,6 @@ pub fn seal_range(
         m.file.size,
         None,
         now_ns,
-        store.outbox_limits(),
     )?;
     Ok(sealed)
 }

@@ -14,7 +14,6 @@ use crate::config::{Config, Site};
 use crate::recording::Recorder;
 use crate::store::Store;
 use crate::store::events::{ClipRow, EventRow, NewClip};
-use crate::store::outbox::Limits;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,10 +94,6 @@ fn new_uid(prefix: &str, at_ns: i64) -> String {
 }
 
 impl Incidents {
-    pub fn limits(&self) -> Limits {
-        self.store.outbox_limits()
-    }
-
     /// Commits a trigger: its event, its alert and its clip jobs in one transaction.
     /// Returns the event uid.
     pub async fn trigger(self: &Arc<Self>, t: Trigger, site: &Site) -> anyhow::Result<String> {
@@ -141,13 +136,11 @@ impl Incidents {
             detail: t.detail,
         };
         let store = self.store.clone();
-        let limits = self.limits();
         tokio::task::spawn_blocking(move || {
             store.record_event(
                 &ev,
                 alert.as_deref().map(|b| ("alert", b)),
                 &clips,
-                limits,
                 now_ns(),
             )
         })
@@ -240,7 +233,6 @@ impl Incidents {
             .camera(&job.camera)
             .map(|c| c.name.clone())
             .unwrap_or_default();
-        let limits = self.limits();
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
             recorder.sync_now(&job.camera);
             let ev = job.event.and_then(|e| store.event_by_id(e).ok().flatten());
@@ -266,7 +258,6 @@ impl Incidents {
                         sealed.manifest.file.size,
                         Some((&topic, &bytes)),
                         now_ns(),
-                        limits,
                     )?;
                     Ok(sealed.rel_path)
                 }

@@ -1,6 +1,6 @@
 //! Events (button presses, faults), evidence clip jobs and the export audit trail.
 
-use super::outbox::{Class, Limits, enqueue_tx};
+use super::outbox::{Class, enqueue_tx};
 use super::{Result, Store};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -83,7 +83,6 @@ impl Store {
         ev: &EventRow,
         alert: Option<(&str, &[u8])>,
         clips: &[NewClip],
-        limits: Limits,
         now_ns: i64,
     ) -> Result<(i64, Option<i64>)> {
         let mut c = self.conn();
@@ -95,9 +94,15 @@ impl Store {
             )?;
             let event_id = tx.last_insert_rowid();
             let msg = match alert {
-                Some((topic, payload)) => {
-                    enqueue_tx(&tx, Class::Alert, topic, payload, false, now_ns, limits)?
-                }
+                Some((topic, payload)) => enqueue_tx(
+                    &tx,
+                    Class::Alert,
+                    topic,
+                    payload,
+                    false,
+                    now_ns,
+                    self.outbox_limits(),
+                )?,
                 None => None,
             };
             for clip in clips {
@@ -168,7 +173,6 @@ impl Store {
         bytes: u64,
         manifest: Option<(&str, &[u8])>,
         now_ns: i64,
-        limits: Limits,
     ) -> Result<()> {
         let mut c = self.conn();
         let r = (|| {
@@ -183,7 +187,15 @@ impl Store {
                 params![id, path, sha256, bytes as i64, now_ns],
             )?;
             if let Some((topic, payload)) = manifest {
-                enqueue_tx(&tx, Class::Evidence, topic, payload, false, now_ns, limits)?;
+                enqueue_tx(
+                    &tx,
+                    Class::Evidence,
+                    topic,
+                    payload,
+                    false,
+                    now_ns,
+                    self.outbox_limits(),
+                )?;
             }
             tx.commit()
         })();

@@ -356,7 +356,6 @@ mod tests {
                     from_ns: 0,
                     to_ns: 10,
                 }],
-                Limits::default(),
                 1,
             )
             .unwrap();
@@ -368,7 +367,6 @@ mod tests {
             1000,
             Some((&format!("evidence/{uid}/manifest"), b"{}")),
             2,
-            Limits::default(),
         )
         .unwrap();
     }

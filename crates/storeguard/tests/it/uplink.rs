@@ -255,7 +255,7 @@ impl Device {
     fn alert_with(&self, ev: EventRow) -> String {
         let payload = alert_payload(&ev, &[]);
         self.store
-            .record_event(&ev, Some(("alert", &payload)), &[], self.limits(), ev.at_ns)
+            .record_event(&ev, Some(("alert", &payload)), &[], ev.at_ns)
             .unwrap();
         ev.uid
     }
@@ -295,7 +295,6 @@ impl Device {
                     from_ns: now - 60_000_000_000,
                     to_ns: now,
                 }],
-                self.limits(),
                 now,
             )
             .unwrap();
@@ -347,7 +346,6 @@ impl Device {
                 file.size,
                 Some((&topic, &payload)),
                 now,
-                self.limits(),
             )
             .unwrap();
         path
