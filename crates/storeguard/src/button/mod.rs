@@ -59,16 +59,7 @@ pub trait EdgeSource: Send {
 }
 
 /// Current `CLOCK_MONOTONIC` time in nanoseconds, the clock of kernel GPIO edge events.
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use storeguard_base::clock::monotonic_ns as monotonic_now_ns;
 
 /// Map a timestamp on `clock` to UTC: `utc = now_realtime - (now_monotonic - ts)`.
 ///
