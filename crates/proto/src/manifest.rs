@@ -575,4 +575,18 @@ mod tests {
         v["extra"] = serde_json::json!("unsigned");
         assert!(serde_json::from_value::<Manifest>(v).is_err());
     }
+
+    #[test]
+    fn a_kind_this_verifier_never_heard_of_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DeviceKey::load_or_create(dir.path()).unwrap();
+        let mut m = sample();
+        m.event.kind = EventKind::new("person_loitering");
+        m.sign(&key);
+        let text = serde_json::to_vec(&m).unwrap();
+        let back: Manifest = serde_json::from_slice(&text).unwrap();
+        assert_eq!(back.event.kind.as_str(), "person_loitering");
+        // Re-serialising gives the signed bytes back, so the signature still checks.
+        assert_eq!(back.canonical_bytes(), m.canonical_bytes());
+    }
 }
