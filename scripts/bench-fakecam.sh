@@ -7,7 +7,7 @@
 # Usage: scripts/bench-fakecam.sh
 # Env:   CAMERAS=24 WIDTH=1920 HEIGHT=1080 FPS=15 GOP=30 BITRATE=2000 (kbit/s)
 #        SECONDS_MEASURED=30 WARMUP=10 PROTOCOLS=tcp (rtspsrc protocols: tcp, udp, udp+tcp)
-#        FAKECAM_BIN=path (default: cargo build --release --bin fakecam)
+#        FAKECAM_BIN=path (default: cargo build --release -p storeguard-fixtures --bin fakecam)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ WARMUP=${WARMUP:-10}
 PROTOCOLS=${PROTOCOLS:-tcp}
 
 if [[ -z ${FAKECAM_BIN:-} ]]; then
-    cargo build --release --bin fakecam >&2
+    cargo build --release -p storeguard-fixtures --bin fakecam >&2
     FAKECAM_BIN=target/release/fakecam
 fi
 

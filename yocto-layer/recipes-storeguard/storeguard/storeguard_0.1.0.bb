@@ -41,12 +41,10 @@ inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
 # equivalent `bitbake -c update_crates storeguard`.
 require ${BPN}-crates.inc
 
-# Only the device daemon: package `storeguard`, binary `storeguard`, built from the workspace root
-# (CARGO_SRC_DIR stays ""). --no-default-features leaves the test fixtures (fake cameras,
-# gst-rtsp-server) out while they are a default feature of this package. Once they live in their
-# own workspace crate, drop it if crates/storeguard gains default features the device needs
-# (scripts/build-deb.sh decides this from `cargo metadata`; bitbake cannot).
-CARGO_BUILD_FLAGS:append = " -p storeguard --bin storeguard --no-default-features"
+# Only the device daemon: package `storeguard` (crates/storeguard), binary `storeguard`, built
+# from the workspace root (CARGO_SRC_DIR stays ""). The fixtures and control-centre tools are
+# other workspace crates, so -p keeps them out.
+CARGO_BUILD_FLAGS:append = " -p storeguard --bin storeguard"
 
 # H.264 decoder for the person detector's frames. gstreamer1.0-libav (avdec_h264) needs
 # LICENSE_FLAGS_ACCEPTED += "commercial"; a board with a V4L2 stateless/stateful decoder can use

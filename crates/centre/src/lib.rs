@@ -1,0 +1,683 @@
+//! storeguard-centre: the control centre's side of the link, as a reference.
+//!
+//! The receiver (`sg-receiver`) is what a control centre runs to take alerts and evidence
+//! from every store box. It speaks only the wire protocol (`storeguard-proto`) and is
+//! never linked into the device.
+//!
+//! The receiver:
+//!
+//! Subscribes to `storeguard/v1/+/+/#` with a persistent session and acknowledges each
+//! message only after it is on disk, so nothing the broker accepted for it is lost.
+//! Alerts and health go to JSONL files, deduplicated by `msg_id` (the files are the
+//! dedup record, so it survives restarts). Clips are reassembled at their offsets,
+//! verified against the signed manifest (SHA-256 + Ed25519, key pinned with `--pubkey`
+//! or trusted on first use) and acknowledged on `evidence/{clip}/ack` (retained).
+//!
+//! Stdout carries exactly one line per new alert and one per verified clip:
+//! `ALERT site=.. device=.. id=.. kind=.. at=.. msg_id=..` and
+//! `CLIP site=.. device=.. clip=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified`.
+//! Everything else is logged to stderr.
+
+use anyhow::{Context, Result, anyhow};
+use rumqttc::{Event, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use storeguard_proto::broker::parse_broker_url;
+use storeguard_proto::session::{self, Backoff, ConnectOpts, TlsFiles};
+use storeguard_proto::topics::{self, AckStatus, ClipAck, Kind, ManifestMsg};
+use storeguard_proto::verify;
+
+pub const SUBSCRIPTION: &str = "storeguard/v1/+/+/#";
+
+#[derive(Debug, Clone)]
+pub struct ReceiverOpts {
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub broker: String,
+    pub out_dir: PathBuf,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: TlsFiles,
+    /// Pinned device public keys (base64), by device id. Others: trust on first use.
+    pub pubkeys: HashMap<String, String>,
+    pub max_backoff: Duration,
+    /// Largest incoming packet accepted (chunks are up to the device's max_message_size).
+    pub max_packet: usize,
+}
+
+impl ReceiverOpts {
+    pub fn new(broker: impl Into<String>, out_dir: impl Into<PathBuf>) -> ReceiverOpts {
+        ReceiverOpts {
+            broker: broker.into(),
+            out_dir: out_dir.into(),
+            client_id: "sg-receiver".into(),
+            username: None,
+            password: None,
+            tls: TlsFiles::default(),
+            pubkeys: HashMap::new(),
+            max_backoff: Duration::from_secs(5),
+            max_packet: 64 << 20,
+        }
+    }
+}
+
+/// Runs until `stop` resolves; reconnects with backoff on its own.
+pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    let broker = parse_broker_url(&opts.broker).map_err(|e| anyhow!("--broker: {e}"))?;
+    let (client, mut el) = session::client(&ConnectOpts {
+        broker: broker.clone(),
+        client_id: opts.client_id.clone(),
+        credentials: opts
+            .username
+            .clone()
+            .map(|u| (u, opts.password.clone().unwrap_or_default())),
+        tls: opts.tls.clone(),
+        keepalive: Duration::from_secs(30),
+        // Persistent: the broker keeps QoS 1 messages for us while we are away.
+        clean_session: false,
+        max_incoming: opts.max_packet,
+        max_outgoing: 1 << 20,
+        inflight: 1024,
+        will: None,
+    })?;
+    let mut rx = Receiver::open(&opts)?;
+    let mut backoff = Backoff::new(opts.max_backoff);
+    let mut last_err = String::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    while let Ok(ev) = el.poll().await {
+                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) { break; }
+                    }
+                }).await;
+                return Ok(());
+            }
+            ev = el.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    last_err.clear();
+                    tracing::info!(broker = %broker, "receiver connected");
+                    client.try_subscribe(SUBSCRIPTION, QoS::AtLeastOnce)?;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    tracing::info!("receiver subscribed to {SUBSCRIPTION}");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    for (topic, payload) in rx.handle(&p.topic, &p.payload) {
+                        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+                            tracing::warn!("receiver: ack not queued: {e}");
+                        }
+                    }
+                    if let Err(e) = client.try_ack(&p) {
+                        tracing::warn!("receiver: PUBACK not queued: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = session::describe(&e);
+                    if msg != last_err {
+                        tracing::warn!(broker = %broker, "receiver: {msg}");
+                        last_err = msg;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PartState {
+    total: u64,
+    sha256: String,
+    /// Received byte ranges, sorted, merged, end-exclusive.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl PartState {
+    fn add(&mut self, start: u64, end: u64) {
+        self.ranges.push((start, end));
+        self.ranges.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for (s, e) in self.ranges.drain(..) {
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        self.ranges = out;
+    }
+
+    fn first_gap(&self) -> u64 {
+        match self.ranges.first() {
+            Some(&(0, e)) => e,
+            _ => 0,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.first_gap() >= self.total
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DoneRecord {
+    file: String,
+    bytes: u64,
+    sha256: String,
+    key_id: String,
+    trust: String,
+    verified_at: String,
+}
+
+/// Receiver state: output files and the dedup set.
+pub struct Receiver {
+    out: PathBuf,
+    seen: HashSet<String>,
+    alerts: File,
+    health: File,
+    /// Every delivery, duplicates included, in arrival order (not synced; for analysis).
+    deliveries: File,
+    pubkeys: HashMap<String, String>,
+}
+
+impl Receiver {
+    pub fn open(opts: &ReceiverOpts) -> Result<Receiver> {
+        let out = opts.out_dir.clone();
+        fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+        let mut seen = HashSet::new();
+        let alerts = open_jsonl(&out.join("alerts.jsonl"), &mut seen)?;
+        let health = open_jsonl(&out.join("health.jsonl"), &mut seen)?;
+        let deliveries = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("deliveries.log"))
+            .with_context(|| format!("open {}/deliveries.log", out.display()))?;
+        Ok(Receiver {
+            out,
+            seen,
+            alerts,
+            health,
+            deliveries,
+            pubkeys: opts.pubkeys.clone(),
+        })
+    }
+
+    /// Handles one message; returns acknowledgements to publish (retained).
+    pub fn handle(&mut self, topic: &str, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let Some(p) = topics::parse(topic) else {
+            tracing::debug!(
+                topic,
+                "ignoring a topic outside storeguard/v1/{{site}}/{{device}}/"
+            );
+            return Vec::new();
+        };
+        let (site, device) = (p.site.to_string(), p.device.to_string());
+        self.log_delivery(topic, payload, &p.kind);
+        let r = match p.kind {
+            Kind::Alert => self.on_record(&site, &device, payload, true),
+            Kind::Health => self.on_record(&site, &device, payload, false),
+            Kind::Status => {
+                match serde_json::from_slice::<topics::Status>(payload) {
+                    Ok(s) => {
+                        tracing::info!(site, device, state = %s.state, reason = ?s.reason, "device status")
+                    }
+                    Err(_) if payload.is_empty() => {}
+                    Err(e) => tracing::warn!(site, device, "unreadable status: {e}"),
+                }
+                Ok(Vec::new())
+            }
+            Kind::Manifest(clip) => self.on_manifest(&site, &device, clip, payload),
+            Kind::Chunk(clip) => self.on_chunk(&site, &device, clip, payload),
+            Kind::ClipAck(_) => Ok(Vec::new()),
+            Kind::Other(rest) => {
+                tracing::debug!(site, device, topic = rest, "ignoring an unknown topic");
+                Ok(Vec::new())
+            }
+        };
+        r.unwrap_or_else(|e| {
+            tracing::error!(site, device, topic, "receiver: {e:#}");
+            Vec::new()
+        })
+    }
+
+    /// `{received_at} {topic} {msg_id | chunk offset}`
+    fn log_delivery(&mut self, topic: &str, payload: &[u8], kind: &Kind<'_>) {
+        let id = match kind {
+            Kind::Chunk(_) => topics::decode_chunk(payload)
+                .map(|(h, _)| format!("offset={} len={}", h.offset, h.len))
+                .unwrap_or_else(|_| "-".into()),
+            _ => serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v["msg_id"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "-".into()),
+        };
+        let line = format!("{} {topic} {id}\n", topics::utc_ms(topics::now_ns()));
+        let _ = self.deliveries.write_all(line.as_bytes());
+    }
+
+    fn on_record(
+        &mut self,
+        site: &str,
+        device: &str,
+        payload: &[u8],
+        alert: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).context("payload is not a JSON object")?;
+        let msg_id = match v.get("msg_id").and_then(|m| m.as_str()) {
+            Some(m) => m.to_string(),
+            None => format!("{device}:sha256:{}", hex::encode(Sha256::digest(payload))),
+        };
+        if !self.seen.insert(msg_id.clone()) {
+            tracing::debug!(msg_id, "duplicate, already stored");
+            return Ok(Vec::new());
+        }
+        let line = serde_json::json!({
+            "site": site, "device": device, "msg_id": msg_id,
+            "received_at": topics::utc_ms(topics::now_ns()), "payload": v,
+        });
+        let mut bytes = serde_json::to_vec(&line)?;
+        bytes.push(b'\n');
+        let (file, name) = if alert {
+            (&mut self.alerts, "alerts.jsonl")
+        } else {
+            (&mut self.health, "health.jsonl")
+        };
+        let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            self.seen.remove(&msg_id);
+            return Err(anyhow!("append to {name}: {e}"));
+        }
+        if alert {
+            let f = |k: &str| word(v.get(k).and_then(|x| x.as_str()).unwrap_or("-"));
+            println!(
+                "ALERT site={site} device={device} id={} kind={} at={} msg_id={}",
+                f("event_id"),
+                f("kind"),
+                f("at"),
+                word(&msg_id)
+            );
+        } else {
+            tracing::info!(site, device, msg_id, "health report");
+        }
+        Ok(Vec::new())
+    }
+
+    fn partial_dir(&self, site: &str, device: &str) -> PathBuf {
+        self.out.join("partial").join(site).join(device)
+    }
+
+    fn clips_dir(&self, site: &str, device: &str) -> PathBuf {
+        self.out.join("clips").join(site).join(device)
+    }
+
+    fn done_path(&self, site: &str, device: &str, clip: &str) -> PathBuf {
+        self.clips_dir(site, device)
+            .join(format!("{clip}.done.json"))
+    }
+
+    fn on_manifest(
+        &mut self,
+        site: &str,
+        device: &str,
+        clip: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let msg: ManifestMsg =
+            serde_json::from_slice(payload).context("manifest message does not parse")?;
+        if msg.clip != clip {
+            return Err(anyhow!(
+                "manifest message for clip {} on the topic of {clip}",
+                msg.clip
+            ));
+        }
+        if self.done_path(site, device, clip).exists() {
+            return Ok(Vec::new());
+        }
+        let dir = self.partial_dir(site, device);
+        fs::create_dir_all(&dir)?;
+        let mut bytes = serde_json::to_vec(&msg.manifest)?;
+        bytes.push(b'\n');
+        write_atomic(&dir.join(format!("{clip}.manifest.json")), &bytes)?;
+        tracing::info!(site, device, clip, "manifest received");
+        let st = self.load_state(site, device, clip)?;
+        if st.as_ref().is_some_and(|s| s.complete()) {
+            return self.finish(site, device, clip);
+        }
+        Ok(Vec::new())
+    }
+
+    fn load_state(&self, site: &str, device: &str, clip: &str) -> Result<Option<PartState>> {
+        let p = self
+            .partial_dir(site, device)
+            .join(format!("{clip}.state.json"));
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("{} is damaged", p.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!("read {}: {e}", p.display())),
+        }
+    }
+
+    fn on_chunk(
+        &mut self,
+        site: &str,
+        device: &str,
+        clip: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let (h, data) = topics::decode_chunk(payload).map_err(|e| anyhow!("{e}"))?;
+        if h.clip != clip {
+            return Err(anyhow!("chunk of clip {} on the topic of {clip}", h.clip));
+        }
+        let done = self.done_path(site, device, clip);
+        if done.exists() {
+            // Already verified: the device did not get our ack; say it again.
+            if h.last {
+                let rec: DoneRecord = serde_json::from_slice(&fs::read(&done)?)?;
+                return Ok(vec![ack(site, device, clip, AckStatus::Verified, |a| {
+                    a.bytes = Some(rec.bytes);
+                    a.sha256 = Some(rec.sha256.clone());
+                })]);
+            }
+            return Ok(Vec::new());
+        }
+        let dir = self.partial_dir(site, device);
+        fs::create_dir_all(&dir)?;
+        let part = dir.join(format!("{clip}.part"));
+        let mut st = match self.load_state(site, device, clip)? {
+            Some(st) if st.total == h.total && st.sha256 == h.sha256 => st,
+            Some(_) => {
+                tracing::warn!(
+                    site,
+                    device,
+                    clip,
+                    "clip changed size or hash; starting its reassembly over"
+                );
+                let _ = fs::remove_file(&part);
+                PartState::default()
+            }
+            None => PartState::default(),
+        };
+        st.total = h.total;
+        st.sha256 = h.sha256.clone();
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&part)
+            .with_context(|| format!("open {}", part.display()))?;
+        f.write_all_at(data, h.offset)
+            .and_then(|()| f.sync_data())
+            .with_context(|| format!("write {} at offset {}", part.display(), h.offset))?;
+        st.add(h.offset, h.offset + h.len);
+        write_atomic(
+            &dir.join(format!("{clip}.state.json")),
+            &serde_json::to_vec(&st)?,
+        )?;
+        if st.complete() {
+            return self.finish(site, device, clip);
+        }
+        if h.last {
+            let gap = st.first_gap();
+            tracing::warn!(
+                site,
+                device,
+                clip,
+                offset = gap,
+                "final chunk arrived with bytes missing; asking for them"
+            );
+            return Ok(vec![ack(site, device, clip, AckStatus::Incomplete, |a| {
+                a.resend_from = Some(gap);
+            })]);
+        }
+        Ok(Vec::new())
+    }
+
+    /// All bytes are here: verify against the manifest and store the clip.
+    fn finish(&mut self, site: &str, device: &str, clip: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = self.partial_dir(site, device);
+        let part = dir.join(format!("{clip}.part"));
+        let manifest = dir.join(format!("{clip}.manifest.json"));
+        let state = dir.join(format!("{clip}.state.json"));
+        if !manifest.exists() {
+            tracing::warn!(
+                site,
+                device,
+                clip,
+                "clip complete but its manifest is missing; asking for it"
+            );
+            let total = self.load_state(site, device, clip)?.map_or(0, |s| s.total);
+            return Ok(vec![ack(site, device, clip, AckStatus::Incomplete, |a| {
+                a.need_manifest = true;
+                a.resend_from = Some(total);
+            })]);
+        }
+        let trust_file = self
+            .out
+            .join("trust")
+            .join(site)
+            .join(format!("{device}.pub"));
+        let (pinned, trust) = match self.pubkeys.get(device) {
+            Some(k) => (Some(k.clone()), "pinned"),
+            None => match fs::read_to_string(&trust_file) {
+                Ok(k) => (Some(k.trim().to_string()), "tofu"),
+                Err(_) => (None, "tofu-new"),
+            },
+        };
+        let report = verify(&part, Some(&manifest), pinned.as_deref())
+            .map_err(|e| storeguard_base::error::chain(&e));
+        let report = report.and_then(|r| {
+            if r.manifest.site_id != site || r.manifest.device_id != device {
+                Err(format!(
+                    "manifest is for {}/{}, received from {site}/{device}",
+                    r.manifest.site_id, r.manifest.device_id
+                ))
+            } else {
+                Ok(r)
+            }
+        });
+        let r = match report {
+            Ok(r) => r,
+            Err(reason) => {
+                tracing::error!(site, device, clip, "clip failed verification: {reason}");
+                for p in [&part, &manifest, &state] {
+                    let _ = fs::remove_file(p);
+                }
+                return Ok(vec![ack(site, device, clip, AckStatus::Failed, |a| {
+                    a.reason = Some(reason.clone());
+                })]);
+            }
+        };
+        let m = &r.manifest;
+        let out_dir = self.clips_dir(site, device);
+        fs::create_dir_all(&out_dir)?;
+        let mut name = safe_name(&m.file.name).unwrap_or_else(|| format!("{clip}.mp4"));
+        if out_dir.join(&name).exists() {
+            name = format!("{clip}_{name}");
+        }
+        let target = out_dir.join(&name);
+        fs::rename(&part, &target).with_context(|| format!("move clip to {}", target.display()))?;
+        fs::rename(&manifest, storeguard_proto::sidecar_path(&target))?;
+        if trust == "tofu-new"
+            && let Some(sig) = &m.signature
+        {
+            fs::create_dir_all(trust_file.parent().expect("has parent"))?;
+            write_atomic(&trust_file, format!("{}\n", sig.public_key).as_bytes())?;
+        }
+        let rec = DoneRecord {
+            file: name.clone(),
+            bytes: m.file.size,
+            sha256: m.file.sha256.clone(),
+            key_id: r.key_id.clone(),
+            trust: trust.into(),
+            verified_at: topics::utc_ms(topics::now_ns()),
+        };
+        write_atomic(
+            &self.done_path(site, device, clip),
+            &serde_json::to_vec(&rec)?,
+        )?;
+        let _ = fs::remove_file(&state);
+        println!(
+            "CLIP site={site} device={device} clip={clip} bytes={} sha256={} file={} key={} trust={trust} verified",
+            rec.bytes,
+            rec.sha256,
+            word(&name),
+            rec.key_id
+        );
+        Ok(vec![ack(site, device, clip, AckStatus::Verified, |a| {
+            a.bytes = Some(rec.bytes);
+            a.sha256 = Some(rec.sha256.clone());
+        })])
+    }
+}
+
+fn ack(
+    site: &str,
+    device: &str,
+    clip: &str,
+    status: AckStatus,
+    fill: impl FnOnce(&mut ClipAck),
+) -> (String, Vec<u8>) {
+    let mut a = ClipAck {
+        schema: topics::SCHEMA_CLIP_ACK.into(),
+        clip: clip.into(),
+        status,
+        bytes: None,
+        sha256: None,
+        resend_from: None,
+        need_manifest: false,
+        reason: None,
+        at: topics::utc_ms(topics::now_ns()),
+    };
+    fill(&mut a);
+    (
+        format!(
+            "{}{}",
+            topics::prefix(site, device),
+            topics::ack_topic(clip)
+        ),
+        serde_json::to_vec(&a).expect("ack serializes"),
+    )
+}
+
+/// One token for the key=value stdout lines.
+fn word(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace() || c == '=' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn safe_name(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.starts_with('.');
+    ok.then(|| name.to_string())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    r.with_context(|| format!("write {}", path.display()))
+}
+
+/// Opens a JSONL file for appending after loading its msg_ids; a torn last line (crash
+/// mid-write) is cut off first.
+fn open_jsonl(path: &Path, seen: &mut HashSet<String>) -> Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let mut good = 0u64;
+    let mut reader = BufReader::new(&f);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        good += n as u64;
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
+            && let Some(id) = v["msg_id"].as_str()
+        {
+            seen.insert(id.to_string());
+        }
+    }
+    if f.metadata()?.len() != good {
+        tracing::warn!(path = %path.display(), "cutting off a torn last line");
+        f.set_len(good)?;
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_find_gaps() {
+        let mut s = PartState {
+            total: 30,
+            ..Default::default()
+        };
+        s.add(10, 20);
+        assert_eq!(s.first_gap(), 0);
+        s.add(0, 10);
+        s.add(25, 30);
+        assert_eq!(s.ranges, [(0, 20), (25, 30)]);
+        assert_eq!(s.first_gap(), 20);
+        assert!(!s.complete());
+        s.add(18, 26);
+        assert!(s.complete());
+    }
+
+    #[test]
+    fn torn_jsonl_line_is_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.jsonl");
+        fs::write(&p, b"{\"msg_id\":\"d:1\"}\n{\"msg_id\":\"d:2\"}\n{\"msg_i").unwrap();
+        let mut seen = HashSet::new();
+        let mut f = open_jsonl(&p, &mut seen).unwrap();
+        assert_eq!(seen.len(), 2);
+        f.write_all(b"{\"msg_id\":\"d:3\"}\n").unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn names_are_sanitised() {
+        assert_eq!(safe_name("../x"), None);
+        assert_eq!(safe_name("cam1.mp4").as_deref(), Some("cam1.mp4"));
+        assert_eq!(word("a b=c"), "a_b_c");
+    }
+}

@@ -1,0 +1,531 @@
+//! Topics and payloads of the MQTT interface (the reference is docs/mqtt.md).
+//!
+//! Every topic is `storeguard/v1/{site}/{device}/{suffix}`. Every payload is a JSON object
+//! with a `schema` field, except clip chunks, which carry a small binary header (see
+//! [`encode_chunk`]).
+
+use crate::manifest::Manifest;
+use serde::{Deserialize, Serialize};
+
+pub const ROOT: &str = "storeguard/v1";
+
+pub const ALERT: &str = "alert";
+pub const HEALTH: &str = "health";
+pub const STATUS: &str = "status";
+
+pub const SCHEMA_STATUS: &str = "storeguard.status/v1";
+pub const SCHEMA_ALERT: &str = "storeguard.alert/v1";
+pub const SCHEMA_HEALTH: &str = "storeguard.health/v1";
+pub const SCHEMA_MANIFEST_MSG: &str = "storeguard.manifest-msg/v1";
+pub const SCHEMA_CHUNK: &str = "storeguard.chunk/v1";
+pub const SCHEMA_CLIP_ACK: &str = "storeguard.clip-ack/v1";
+
+/// First bytes of every chunk payload.
+pub const CHUNK_MAGIC: &[u8; 4] = b"SGCH";
+/// Largest JSON header a chunk may carry.
+pub const MAX_CHUNK_HEADER: usize = 900;
+
+/// `storeguard/v1/{site}/{device}/`
+pub fn prefix(site: &str, device: &str) -> String {
+    format!("{ROOT}/{site}/{device}/")
+}
+
+pub fn manifest_topic(clip: &str) -> String {
+    format!("evidence/{clip}/manifest")
+}
+
+pub fn chunk_topic(clip: &str) -> String {
+    format!("evidence/{clip}/chunk")
+}
+
+pub fn ack_topic(clip: &str) -> String {
+    format!("evidence/{clip}/ack")
+}
+
+/// What a topic below `storeguard/v1/` addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub site: &'a str,
+    pub device: &'a str,
+    pub kind: Kind<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind<'a> {
+    Status,
+    Alert,
+    Health,
+    Manifest(&'a str),
+    Chunk(&'a str),
+    ClipAck(&'a str),
+    Other(&'a str),
+}
+
+/// Splits a full topic; None when it is not below `storeguard/v1/{site}/{device}/`.
+pub fn parse(topic: &str) -> Option<Parsed<'_>> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
+    let mut it = rest.splitn(3, '/');
+    let (site, device, suffix) = (it.next()?, it.next()?, it.next()?);
+    if site.is_empty() || device.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = suffix.split('/').collect();
+    let kind = match parts.as_slice() {
+        ["status"] => Kind::Status,
+        ["alert"] => Kind::Alert,
+        ["health"] => Kind::Health,
+        ["evidence", clip, "manifest"] if !clip.is_empty() => Kind::Manifest(clip),
+        ["evidence", clip, "chunk"] if !clip.is_empty() => Kind::Chunk(clip),
+        ["evidence", clip, "ack"] if !clip.is_empty() => Kind::ClipAck(clip),
+        _ => Kind::Other(suffix),
+    };
+    Some(Parsed { site, device, kind })
+}
+
+pub use storeguard_base::time::{now_ns, utc_ms};
+
+/// The retained `status` payload. `reason` is set only when offline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub schema: String,
+    pub state: String,
+    pub site_id: String,
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Status {
+    pub fn online(site: &str, device: &str) -> Vec<u8> {
+        Self::bytes(site, device, "online", None, Some(utc_ms(now_ns())))
+    }
+
+    /// Published by the device itself before a clean disconnect.
+    pub fn offline_clean(site: &str, device: &str) -> Vec<u8> {
+        Self::bytes(
+            site,
+            device,
+            "offline",
+            Some("shutdown"),
+            Some(utc_ms(now_ns())),
+        )
+    }
+
+    /// The last will: published by the broker when the connection is lost.
+    pub fn offline_will(site: &str, device: &str) -> Vec<u8> {
+        Self::bytes(site, device, "offline", Some("connection_lost"), None)
+    }
+
+    fn bytes(
+        site: &str,
+        device: &str,
+        state: &str,
+        reason: Option<&str>,
+        at: Option<String>,
+    ) -> Vec<u8> {
+        serde_json::to_vec(&Status {
+            schema: SCHEMA_STATUS.into(),
+            state: state.into(),
+            site_id: site.into(),
+            device_id: device.into(),
+            reason: reason.map(Into::into),
+            at,
+            version: Some(storeguard_base::VERSION.into()),
+        })
+        .expect("status serializes")
+    }
+}
+
+/// An event as its alert describes it. Kinds are an open set (`isb_press`,
+/// `stuck_fault`, `wiring_fault`, and later detections and remote requests): receivers
+/// must accept kinds they do not know.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertEvent<'a> {
+    pub uid: &'a str,
+    pub kind: &'a str,
+    /// What raised it, e.g. the button's name.
+    pub source: &'a str,
+    /// `button` for the panic button; `detection`, `remote`… later.
+    pub source_kind: &'a str,
+    pub at_ns: i64,
+    pub test: bool,
+    pub cameras: &'a [String],
+    pub detail: &'a serde_json::Value,
+}
+
+/// The `alert` payload for an event (class 0). `msg_id` is added at publish time.
+pub fn alert_payload(ev: &AlertEvent<'_>, clips: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&alert_json(ev, clips)).expect("alert serializes")
+}
+
+fn alert_json(ev: &AlertEvent<'_>, clips: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "schema": SCHEMA_ALERT,
+        "event_id": ev.uid,
+        "kind": ev.kind,
+        "source": ev.source,
+        "at": utc_ms(ev.at_ns),
+        "test": ev.test,
+        "clips": clips,
+        "detail": ev.detail,
+    })
+}
+
+/// The alert as the daemon sends it: self-contained for an operator's screen, so it also
+/// names the site, the device, the cameras and (for a press) the button; the topic
+/// carries the ids too.
+pub fn site_alert_payload(
+    ev: &AlertEvent<'_>,
+    clips: &[String],
+    site_id: &str,
+    device_id: &str,
+) -> Vec<u8> {
+    let mut v = alert_json(ev, clips);
+    v["site_id"] = site_id.into();
+    v["device_id"] = device_id.into();
+    v["source_kind"] = ev.source_kind.into();
+    if ev.source_kind == "button" {
+        v["button"] = ev.source.into();
+    }
+    v["cameras"] = ev.cameras.into();
+    serde_json::to_vec(&v).expect("alert serializes")
+}
+
+/// A `health` payload (class 3): `fields` (an object) plus `schema` and `at`.
+pub fn health_payload(at_ns: i64, fields: serde_json::Value) -> Vec<u8> {
+    let mut obj = match fields {
+        serde_json::Value::Object(m) => m,
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("value".into(), other);
+            m
+        }
+    };
+    obj.insert("schema".into(), SCHEMA_HEALTH.into());
+    obj.insert("at".into(), utc_ms(at_ns).into());
+    serde_json::to_vec(&obj).expect("health serializes")
+}
+
+/// The `evidence/{clip}/manifest` message (class 1): the signed manifest, wrapped, because
+/// the manifest itself admits no extra fields (such as `msg_id`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestMsg {
+    pub schema: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+    pub clip: String,
+    pub manifest: Manifest,
+}
+
+/// Topic (relative) and payload for `Store::seal_clip(.., manifest: Some(..))`.
+pub fn manifest_message(clip: &str, manifest: &Manifest) -> (String, Vec<u8>) {
+    let msg = ManifestMsg {
+        schema: SCHEMA_MANIFEST_MSG.into(),
+        msg_id: None,
+        clip: clip.into(),
+        manifest: manifest.clone(),
+    };
+    (
+        manifest_topic(clip),
+        serde_json::to_vec(&msg).expect("manifest serializes"),
+    )
+}
+
+/// The JSON header of a chunk message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkHeader {
+    pub schema: String,
+    pub msg_id: String,
+    pub clip: String,
+    pub offset: u64,
+    pub len: u64,
+    /// Size of the whole clip file.
+    pub total: u64,
+    /// SHA-256 (lowercase hex) of the whole clip file.
+    pub sha256: String,
+    /// The chunk that ends at `total`.
+    #[serde(rename = "final")]
+    pub last: bool,
+}
+
+/// `SGCH` + u32 big-endian header length + JSON header + raw clip bytes. Binary, so clip
+/// bytes cost nothing extra (base64 would add a third on a capped uplink), while the
+/// header stays self-describing and versioned.
+pub fn encode_chunk(h: &ChunkHeader, data: &[u8]) -> Vec<u8> {
+    let header = serde_json::to_vec(h).expect("chunk header serializes");
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(CHUNK_MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Splits a chunk payload into its header and data, checking the framing.
+pub fn decode_chunk(payload: &[u8]) -> Result<(ChunkHeader, &[u8]), String> {
+    if payload.len() < 8 || &payload[..4] != CHUNK_MAGIC {
+        return Err("not a chunk (no SGCH magic)".into());
+    }
+    let n = u32::from_be_bytes(payload[4..8].try_into().expect("4 bytes")) as usize;
+    if n > MAX_CHUNK_HEADER || 8 + n > payload.len() {
+        return Err(format!(
+            "chunk header length {n} is invalid for a {}-byte payload",
+            payload.len()
+        ));
+    }
+    let h: ChunkHeader =
+        serde_json::from_slice(&payload[8..8 + n]).map_err(|e| format!("chunk header: {e}"))?;
+    if h.schema != SCHEMA_CHUNK {
+        return Err(format!(
+            "chunk schema {:?}, expected {SCHEMA_CHUNK:?}",
+            h.schema
+        ));
+    }
+    let data = &payload[8 + n..];
+    if data.len() as u64 != h.len {
+        return Err(format!(
+            "chunk at offset {} says len {}, carries {} bytes",
+            h.offset,
+            h.len,
+            data.len()
+        ));
+    }
+    if h.offset.checked_add(h.len).is_none_or(|end| end > h.total) {
+        return Err(format!(
+            "chunk {}+{} runs past the clip size {}",
+            h.offset, h.len, h.total
+        ));
+    }
+    Ok((h, data))
+}
+
+/// What the receiver tells the device about a clip (retained on `evidence/{clip}/ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Reassembled, hash and signature verified, stored: the device may release the clip.
+    Verified,
+    /// Something is missing: resend from `resend_from`, and the manifest if `need_manifest`.
+    Incomplete,
+    /// Reassembled but failed verification; the device starts over (a few times).
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClipAck {
+    pub schema: String,
+    pub clip: String,
+    pub status: AckStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_from: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub need_manifest: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+/// Adds `"msg_id"` to a JSON object payload, keeping its other bytes as they are.
+pub fn with_msg_id(payload: &[u8], msg_id: &str) -> Result<Vec<u8>, String> {
+    // Validates the whole document without building it.
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        msg_id: Option<serde::de::IgnoredAny>,
+    }
+    let open = payload.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(open) = open.filter(|i| payload[*i] == b'{') else {
+        return Err("payload is not a JSON object".into());
+    };
+    let probe: Probe = serde_json::from_slice(payload)
+        .map_err(|e| format!("payload is not a JSON object: {e}"))?;
+    let id = serde_json::to_string(msg_id).expect("string serializes");
+    if probe.msg_id.is_some() {
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        obj.insert("msg_id".into(), msg_id.into());
+        return Ok(serde_json::to_vec(&obj).expect("object serializes"));
+    }
+    let rest = &payload[open + 1..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
+    let mut out = Vec::with_capacity(payload.len() + id.len() + 12);
+    out.extend_from_slice(b"{\"msg_id\":");
+    out.extend_from_slice(id.as_bytes());
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        let p = parse("storeguard/v1/s1/d1/evidence/c-9/chunk").unwrap();
+        assert_eq!((p.site, p.device, p.kind), ("s1", "d1", Kind::Chunk("c-9")));
+        assert_eq!(
+            parse("storeguard/v1/s1/d1/alert").unwrap().kind,
+            Kind::Alert
+        );
+        assert_eq!(
+            parse("storeguard/v1/s1/d1/cmd/reboot").unwrap().kind,
+            Kind::Other("cmd/reboot")
+        );
+        assert!(parse("other/v1/s1/d1/alert").is_none());
+        assert!(parse("storeguard/v1/s1").is_none());
+    }
+
+    #[test]
+    fn msg_id_is_spliced_in() {
+        let out = with_msg_id(br#" {"schema":"x","n":1}"#, "d:7").unwrap();
+        assert_eq!(out, br#"{"msg_id":"d:7","schema":"x","n":1}"#);
+        assert_eq!(with_msg_id(b"{}", "d:1").unwrap(), br#"{"msg_id":"d:1"}"#);
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_msg_id(br#"{"msg_id":"old"}"#, "d:2").unwrap()).unwrap();
+        assert_eq!(v["msg_id"], "d:2");
+        assert!(with_msg_id(b"[1]", "d:3").is_err());
+        assert!(with_msg_id(b"{", "d:3").is_err());
+    }
+
+    #[test]
+    fn chunk_framing() {
+        let h = ChunkHeader {
+            schema: SCHEMA_CHUNK.into(),
+            msg_id: "d:c@0".into(),
+            clip: "c".into(),
+            offset: 0,
+            len: 3,
+            total: 3,
+            sha256: "00".into(),
+            last: true,
+        };
+        let p = encode_chunk(&h, &[0, 255, 10]);
+        let (h2, data) = decode_chunk(&p).unwrap();
+        assert_eq!((h2, data), (h.clone(), &[0u8, 255, 10][..]));
+        assert!(
+            decode_chunk(&p[..p.len() - 1])
+                .unwrap_err()
+                .contains("carries")
+        );
+        assert!(decode_chunk(b"{\"json\":1}").is_err());
+        assert!(String::from_utf8_lossy(&p).contains("\"final\":true"));
+    }
+}
+
+#[cfg(test)]
+mod samples {
+    /// Writes one payload of each kind to $SG_SAMPLES_DIR (for schema checks by hand).
+    #[test]
+    fn write_samples() {
+        use super::*;
+        let Some(dir) = std::env::var_os("SG_SAMPLES_DIR") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let w = |name: &str, b: &[u8]| std::fs::write(dir.join(name), b).unwrap();
+        w("status-online.json", &Status::online("s1", "d1"));
+        w("status-offline.json", &Status::offline_clean("s1", "d1"));
+        w("status-will.json", &Status::offline_will("s1", "d1"));
+        let detail = serde_json::json!({});
+        let ev = AlertEvent {
+            uid: "ev-1",
+            kind: "isb_press",
+            source: "till",
+            source_kind: "button",
+            at_ns: now_ns(),
+            test: false,
+            cameras: &[],
+            detail: &detail,
+        };
+        w(
+            "alert.json",
+            &with_msg_id(&alert_payload(&ev, &["c1".into()]), "d1:7").unwrap(),
+        );
+        w(
+            "health.json",
+            &with_msg_id(
+                &health_payload(now_ns(), serde_json::json!({"cpu": 0.4})),
+                "d1:8",
+            )
+            .unwrap(),
+        );
+        let key_dir = dir.join("key");
+        let key = crate::keys::DeviceKey::load_or_create(&key_dir).unwrap();
+        let clip = dir.join("c1.mp4");
+        std::fs::write(&clip, b"clip").unwrap();
+        let t = chrono::Utc::now();
+        let mut m = Manifest {
+            schema: crate::manifest::SCHEMA.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            camera: crate::manifest::CameraRef {
+                id: "cam1".into(),
+                name: "x".into(),
+            },
+            event: crate::manifest::EventRef {
+                id: "ev-1".into(),
+                kind: crate::manifest::EventKind::new("isb_press"),
+                test: false,
+            },
+            requested: crate::manifest::Requested { from: t, to: t },
+            actual: crate::manifest::Actual {
+                first_frame: t,
+                last_frame: t,
+            },
+            codec: "h264".into(),
+            width: 1,
+            height: 1,
+            file: crate::manifest::FileRef::from_path(&clip).unwrap(),
+            gaps: vec![crate::manifest::Gap {
+                from: t,
+                to: t,
+                reason: "offline".into(),
+            }],
+            software: crate::manifest::Software::this(),
+            created_at: t,
+            signature: None,
+        };
+        m.sign(&key);
+        w(
+            "manifest-msg.json",
+            &with_msg_id(&manifest_message("c1", &m).1, "d1:9").unwrap(),
+        );
+        let h = ChunkHeader {
+            schema: SCHEMA_CHUNK.into(),
+            msg_id: "d1:c1@0".into(),
+            clip: "c1".into(),
+            offset: 0,
+            len: 4,
+            total: 4,
+            sha256: m.file.sha256.clone(),
+            last: true,
+        };
+        w("chunk-header.json", &serde_json::to_vec(&h).unwrap());
+        let ack = ClipAck {
+            schema: SCHEMA_CLIP_ACK.into(),
+            clip: "c1".into(),
+            status: AckStatus::Incomplete,
+            bytes: None,
+            sha256: None,
+            resend_from: Some(0),
+            need_manifest: true,
+            reason: None,
+            at: utc_ms(now_ns()),
+        };
+        w("clip-ack.json", &serde_json::to_vec(&ack).unwrap());
+    }
+}

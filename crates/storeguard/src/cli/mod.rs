@@ -1,0 +1,383 @@
+//! Command-line surface. Subcommands other than `run`, `config validate` and
+//! `config show` go through the daemon's control socket; they never open the database.
+
+mod output;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use storeguard::config::{self, Config};
+use storeguard::control::client::{Client, percent_encode};
+use storeguard::exit;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "storeguard",
+    version,
+    about = "In-store recorder, panic button and evidence agent"
+)]
+pub struct Args {
+    /// Config file.
+    #[arg(long, global = true, env = "STOREGUARD_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Control socket (default: control.socket from the config, else /run/storeguard/control.sock).
+    #[arg(long, global = true, env = "STOREGUARD_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon in the foreground (systemd: Type=notify).
+    Run,
+    /// Daemon uptime, version, config version and camera states.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-camera state, stream format, bitrate, retention and recent gaps.
+    Cameras {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check, show or reload configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Panic buttons: watch presses and faults live, or test one.
+    #[command(subcommand)]
+    Button(ButtonCmd),
+    /// Button events (presses and faults) with their evidence clips.
+    Events {
+        /// Only events at or after this time (RFC 3339 or local "YYYY-MM-DD HH:MM:SS").
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export footage still in the ring as a signed evidence clip (MP4 + manifest).
+    Clip {
+        #[arg(long)]
+        camera: String,
+        /// Start (RFC 3339, or local "YYYY-MM-DD HH:MM:SS").
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Directory to write the clip and its manifest to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Outbox depth per priority class, oldest message, uplink connection and last error.
+    Outbox {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the box end to end: config, GStreamer, clock, daemon, database, disk,
+    /// cameras, buttons, outbox. Exit 1 when any check fails.
+    Doctor,
+    /// Offline checks of evidence clips.
+    #[command(subcommand)]
+    Evidence(EvidenceCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ButtonCmd {
+    /// Print presses and faults as they happen (Ctrl-C to stop).
+    Watch {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inject a press through the daemon; it takes the same path as a real press.
+    Press {
+        name: String,
+        /// Mark the event as a test (required: a real alarm goes upstream otherwise).
+        #[arg(long, required = true)]
+        test: bool,
+        #[arg(long, default_value_t = 200)]
+        hold_ms: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EvidenceCmd {
+    /// Check a clip's SHA-256 and its manifest's Ed25519 signature; exit 65 on mismatch.
+    Verify {
+        clip: PathBuf,
+        /// Manifest (default: CLIP.manifest.json next to the clip).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Expected device public key (base64), e.g. from the control centre's records.
+        #[arg(long)]
+        pubkey: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate config files without starting anything; exit 78 when any is invalid.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the effective config (defaults filled in, secrets masked).
+    Show,
+    /// Ask the running daemon to re-read its config file (same as SIGHUP).
+    Reload,
+}
+
+impl Args {
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.cmd, Cmd::Run)
+    }
+
+    fn client(&self) -> Client {
+        let socket = self.socket.clone().unwrap_or_else(|| {
+            // The config may be unreadable to a technician; the default path still works.
+            // It may also be invalid (that is when `config reload` is run to find out), so
+            // only control.socket is read, not the whole file validated.
+            let base = self.config.parent().unwrap_or(Path::new("."));
+            std::fs::read_to_string(&self.config)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| Some(PathBuf::from(t.get("control")?.get("socket")?.as_str()?)))
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
+        });
+        Client::new(&socket)
+    }
+}
+
+pub fn dispatch(args: Args) -> Result<u8> {
+    match &args.cmd {
+        Cmd::Run => storeguard::daemon::run(&args.config).map(|_| exit::OK),
+        Cmd::Status { json } => {
+            let v = args.client().call("GET", "/v1/status", None)?;
+            print(*json, &v, output::status);
+            Ok(exit::OK)
+        }
+        Cmd::Cameras { json } => {
+            let v = args.client().call("GET", "/v1/cameras", None)?;
+            print(*json, &v, output::cameras);
+            Ok(exit::OK)
+        }
+        Cmd::Config(ConfigCmd::Validate { paths }) => Ok(validate(paths)),
+        Cmd::Button(ButtonCmd::Watch { json }) => {
+            let json = *json;
+            args.client().stream("/v1/buttons/watch", |v| {
+                if json {
+                    println!("{v}");
+                } else {
+                    println!("{}", output::watch_line(&v));
+                }
+                true
+            })?;
+            Ok(exit::OK)
+        }
+        Cmd::Button(ButtonCmd::Press {
+            name,
+            test,
+            hold_ms,
+        }) => {
+            let path = format!(
+                "/v1/buttons/{}/press?test={test}&hold_ms={hold_ms}",
+                percent_encode(name)
+            );
+            args.client().call("POST", &path, None)?;
+            println!(
+                "test press injected on {name}; see `storeguard events` for the event and its clips"
+            );
+            Ok(exit::OK)
+        }
+        Cmd::Events { since, limit, json } => {
+            let mut path = format!("/v1/events?limit={limit}");
+            if let Some(s) = since {
+                path.push_str(&format!("&since={}", percent_encode(s)));
+            }
+            let v = args.client().call("GET", &path, None)?;
+            print(*json, &v, output::events);
+            Ok(exit::OK)
+        }
+        Cmd::Clip {
+            camera,
+            from,
+            to,
+            out,
+        } => export(&args, camera, from, to, out),
+        Cmd::Doctor => Ok(doctor(&args)),
+        Cmd::Outbox { json } => {
+            let v = args.client().call("GET", "/v1/outbox", None)?;
+            print(*json, &v, output::outbox);
+            Ok(exit::OK)
+        }
+        Cmd::Evidence(EvidenceCmd::Verify {
+            clip,
+            manifest,
+            pubkey,
+        }) => match storeguard::evidence::verify(clip, manifest.as_deref(), pubkey.as_deref()) {
+            Ok(r) => {
+                print!("{}", output::verified(clip, &r));
+                Ok(exit::OK)
+            }
+            Err(e) => Err(exit::coded(
+                exit::DATAERR,
+                format!(
+                    "verification FAILED for {}: {}",
+                    clip.display(),
+                    storeguard_base::error::chain(&e)
+                ),
+            )),
+        },
+        Cmd::Config(ConfigCmd::Show) => {
+            let loaded = Config::load(&args.config)?;
+            println!("# {} (version {})", loaded.path.display(), loaded.version);
+            print!("{}", loaded.config.to_toml_masked());
+            Ok(exit::OK)
+        }
+        Cmd::Config(ConfigCmd::Reload) => {
+            // The daemon answers 422 when it refuses the file: that is a config error (78).
+            let v = args
+                .client()
+                .call("POST", "/v1/config/reload", None)
+                .map_err(|e| match exit::code_of(&e) {
+                    exit::DATAERR => exit::coded(exit::CONFIG, e.to_string()),
+                    _ => e,
+                })?;
+            let changed = v["changed"].as_bool().unwrap_or(false);
+            println!(
+                "config {} (version {}, was {})",
+                if changed { "reloaded" } else { "unchanged" },
+                v["version"].as_str().unwrap_or("?"),
+                v["previous"].as_str().unwrap_or("?")
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn export(args: &Args, camera: &str, from: &str, to: &str, out: &Path) -> Result<u8> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| exit::coded(exit::CANTCREAT, format!("{}: {e}", out.display())))?;
+    let out_abs = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+    let client = args.client();
+    let body =
+        serde_json::json!({ "camera": camera, "from": from, "to": to, "destination": out_abs });
+    let v = client.call("POST", "/v1/clips", Some(&body))?;
+    let uid = v["clip"].as_str().unwrap_or_default().to_string();
+    let name = v["file"]["name"].as_str().unwrap_or("clip.mp4").to_string();
+    let clip_path = out.join(&name);
+    let manifest_path = storeguard::evidence::sidecar_path(&clip_path);
+    client.download(&format!("/v1/evidence/{uid}/clip"), &clip_path)?;
+    client.download(&format!("/v1/evidence/{uid}/manifest"), &manifest_path)?;
+    // Check the copy we just wrote, not only the daemon's original.
+    storeguard::evidence::verify(&clip_path, Some(&manifest_path), None).map_err(|e| {
+        exit::coded(
+            exit::DATAERR,
+            format!(
+                "exported copy failed verification: {}",
+                storeguard_base::error::chain(&e)
+            ),
+        )
+    })?;
+    let m = &v["manifest"];
+    println!("{}", clip_path.display());
+    println!("{}", manifest_path.display());
+    println!(
+        "camera {}  first frame {}  last frame {}  {} bytes  sha256 {}",
+        camera,
+        output::local_time(m["actual"]["first_frame"].as_str().unwrap_or("")),
+        output::local_time(m["actual"]["last_frame"].as_str().unwrap_or("")),
+        m["file"]["size"],
+        m["file"]["sha256"].as_str().unwrap_or("")
+    );
+    for g in m["gaps"].as_array().into_iter().flatten() {
+        println!("gap {} .. {}: {}", g["from"], g["to"], g["reason"]);
+    }
+    Ok(exit::OK)
+}
+
+fn doctor(args: &Args) -> u8 {
+    let mut failed = false;
+    let mut line = |status: &str, check: &str, detail: &str| {
+        failed |= status == "fail";
+        println!("{:<5} {:<11} {detail}", status.to_uppercase(), check);
+    };
+    match Config::load(&args.config) {
+        Ok(l) => line(
+            "ok",
+            "config",
+            &format!("{} valid (version {})", args.config.display(), l.version),
+        ),
+        Err(e) => line("fail", "config", &e.to_string()),
+    }
+    match storeguard::camera::init_gstreamer() {
+        Ok(()) => line(
+            "ok",
+            "gstreamer",
+            &format!(
+                "{} with the elements recording needs",
+                gstreamer::version_string()
+            ),
+        ),
+        Err(e) => line("fail", "gstreamer", &format!("{e:#}")),
+    }
+    let now = chrono::Utc::now();
+    if now.timestamp() < 1_700_000_000 {
+        line(
+            "fail",
+            "clock",
+            &format!("system time {now} is before 2023: evidence times would be wrong; fix NTP"),
+        );
+    } else {
+        line(
+            "ok",
+            "clock",
+            &format!("{} UTC", now.format("%Y-%m-%d %H:%M:%S")),
+        );
+    }
+    match args.client().call("GET", "/v1/doctor", None) {
+        Ok(v) => {
+            line("ok", "daemon", "answering on the control socket");
+            for c in v["checks"].as_array().into_iter().flatten() {
+                line(
+                    c["status"].as_str().unwrap_or("?"),
+                    c["check"].as_str().unwrap_or("?"),
+                    c["detail"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        Err(e) => line("fail", "daemon", &format!("{e:#}")),
+    }
+    if failed { exit::FAILURE } else { exit::OK }
+}
+
+fn validate(paths: &[PathBuf]) -> u8 {
+    let mut code = exit::OK;
+    for p in paths {
+        match Config::load(p) {
+            Ok(l) => println!(
+                "{}: ok ({} cameras, {} buttons, version {})",
+                p.display(),
+                l.config.cameras.len(),
+                l.config.buttons.len(),
+                l.version
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                code = exit::CONFIG;
+            }
+        }
+    }
+    code
+}
+
+fn print(json: bool, v: &Value, human: fn(&Value) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print!("{}", human(v));
+    }
+}

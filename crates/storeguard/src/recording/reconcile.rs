@@ -1,0 +1,160 @@
+//! Start-up reconciliation of segment files against the index. Neither side is trusted
+//! blindly: rows whose files are gone are removed and reported, segments a crash left
+//! open are re-measured from the file, and readable files the index doesn't know
+//! (crash between file creation and the first index commit) are indexed.
+
+use super::scan::{ScanResult, scan_file};
+use super::writer::start_from_file_name;
+use crate::store::Store;
+use crate::store::recording::{STATE_OPEN, STATE_RECOVERED, SegmentProgress};
+use std::collections::HashSet;
+use std::path::Path;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub recovered: Vec<String>,
+    pub missing: Vec<String>,
+    pub orphans_indexed: Vec<String>,
+    pub unreadable: Vec<String>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.recovered.is_empty()
+            && self.missing.is_empty()
+            && self.orphans_indexed.is_empty()
+            && self.unreadable.is_empty()
+    }
+}
+
+pub fn run(store: &Store) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let now = storeguard_base::now_ns();
+    let rows = store.all_segments()?;
+    let known: HashSet<String> = rows.iter().map(|r| r.path.clone()).collect();
+    for row in rows {
+        let path = store.data_dir().join(&row.path);
+        if !path.exists() {
+            store.delete_segment(row.id)?;
+            store.health_event(
+                now,
+                "segment_missing",
+                Some(&row.camera),
+                &format!("{} is indexed but gone from disk", row.path),
+            )?;
+            report.missing.push(row.path);
+            continue;
+        }
+        if row.state != STATE_OPEN {
+            continue;
+        }
+        let scan = scan_file(&path)?;
+        let (end, kfs) = extent(&scan, row.start_ns);
+        store.recover_segment(
+            row.id,
+            end.unwrap_or(row.end_ns),
+            scan.valid_bytes,
+            scan.frames,
+            &kfs,
+        )?;
+        report.recovered.push(row.path);
+    }
+    for file in segment_files(&store.data_dir().join("recordings"))? {
+        let rel = file
+            .strip_prefix(store.data_dir())
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .into_owned();
+        if known.contains(&rel) {
+            continue;
+        }
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let camera = rel.split('/').nth(1).unwrap_or("").to_string();
+        let scan = scan_file(&file).ok();
+        match (scan, start_from_file_name(&name)) {
+            (Some(scan), Some(start)) if !scan.keyframes.is_empty() => {
+                let (end, kfs) = extent(&scan, start);
+                let codec = if scan.stream_type == Some(0x24) {
+                    "h265"
+                } else {
+                    "h264"
+                };
+                let p = SegmentProgress {
+                    camera,
+                    path: rel.clone(),
+                    start_ns: start,
+                    end_ns: end.unwrap_or(start),
+                    bytes: scan.valid_bytes,
+                    frames: scan.frames,
+                    codec,
+                    width: 0,
+                    height: 0,
+                    params: None,
+                    time_source: "recovered",
+                    state: STATE_RECOVERED,
+                    new_keyframes: kfs,
+                };
+                store.commit_sync(&[p], &[])?;
+                report.orphans_indexed.push(rel);
+            }
+            _ => {
+                tracing::warn!(path = %rel, "segment file is not readable as recorded video; left in place");
+                store.health_event(
+                    now,
+                    "segment_unreadable",
+                    Some(&camera),
+                    &format!("{rel} could not be read back"),
+                )?;
+                report.unreadable.push(rel);
+            }
+        }
+    }
+    store.close_gaps_left_open()?;
+    Ok(report)
+}
+
+/// End time and keyframe times of a scanned file whose first frame is at `start_ns`.
+fn extent(scan: &ScanResult, start_ns: i64) -> (Option<i64>, Vec<(i64, u64)>) {
+    let Some(first) = scan.first_pts else {
+        return (None, Vec::new());
+    };
+    let kfs = scan
+        .keyframes
+        .iter()
+        .map(|(pts, off)| (ScanResult::utc_of(*pts, first, start_ns), *off))
+        .collect();
+    let end = scan.last_pts.map(|last| {
+        let span = ScanResult::utc_of(last, first, start_ns) - start_ns;
+        let frame = if scan.frames > 1 {
+            span / (scan.frames as i64 - 1)
+        } else {
+            0
+        };
+        start_ns + span + frame
+    });
+    (end, kfs)
+}
+
+fn segment_files(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    let Ok(cams) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
+    for cam in cams.flatten() {
+        for day in std::fs::read_dir(cam.path())?.flatten() {
+            if !day.path().is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(day.path())?.flatten() {
+                if f.path().extension().is_some_and(|e| e == "ts") {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,70 @@
+//! The running daemon's shared state: what every command is applied to.
+//!
+//! The daemon builds one [`State`] at start-up; commands (`cmd`) read and change it; the
+//! transports (control socket, and later MQTT) only reach it through commands.
+
+use crate::button::service::{Buttons, Signal};
+use crate::camera::Supervisor;
+use crate::config::Loaded;
+use crate::evidence::incident::Incidents;
+use crate::recording::Recorder;
+use crate::store::Store;
+use crate::uplink::UplinkHandle;
+use chrono::{DateTime, Utc};
+use sd_notify::NotifyState;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+use storeguard_base::shutdown;
+
+pub struct State {
+    pub recorder: Arc<Recorder>,
+    pub incidents: Arc<Incidents>,
+    pub buttons: Mutex<Buttons>,
+    pub signal_tx: tokio::sync::mpsc::UnboundedSender<Signal>,
+    /// None when the config has no [uplink] section (the box then only records locally).
+    pub uplink: Mutex<Option<UplinkHandle>>,
+    pub cameras: Supervisor,
+    pub started: Instant,
+    pub started_utc: DateTime<Utc>,
+    pub config: RwLock<Loaded>,
+    pub store: Store,
+    pub shutdown: shutdown::Trigger,
+    /// Serialises reloads: SIGHUP and `config reload` may arrive together.
+    pub reloading: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    pub fn config(&self) -> Loaded {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn buttons(&self) -> MutexGuard<'_, Buttons> {
+        self.buttons.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn uplink(&self) -> MutexGuard<'_, Option<UplinkHandle>> {
+        self.uplink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One line for `systemctl status`.
+    pub fn status_line(&self) -> String {
+        let c = self.config();
+        format!(
+            "site {} device {}: {} cameras, config {}",
+            c.config.site.site_id,
+            c.config.site.device_id,
+            c.config.cameras.len(),
+            c.version
+        )
+    }
+}
+
+/// Tells systemd (when it is listening) about a state change.
+pub fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}

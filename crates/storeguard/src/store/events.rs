@@ -1,0 +1,300 @@
+//! Events (button presses, faults), evidence clip jobs and the export audit trail.
+
+use super::outbox::{Class, enqueue_tx};
+use super::{Result, Store};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub uid: String,
+    pub kind: String,
+    pub source: String,
+    pub at_ns: i64,
+    pub test: bool,
+    pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipRow {
+    pub id: i64,
+    pub uid: String,
+    pub event: Option<i64>,
+    pub camera: String,
+    pub from_ns: i64,
+    pub to_ns: i64,
+    pub state: String,
+    pub path: Option<String>,
+    pub sha256: Option<String>,
+    pub bytes: Option<i64>,
+    pub lock_id: Option<i64>,
+    pub error: Option<String>,
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let detail: String = r.get(6)?;
+    Ok(EventRow {
+        id: r.get(0)?,
+        uid: r.get(1)?,
+        kind: r.get(2)?,
+        source: r.get(3)?,
+        at_ns: r.get(4)?,
+        test: r.get(5)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+const CLIP_COLS: &str =
+    "id, uid, event, camera, from_ns, to_ns, state, path, sha256, bytes, lock_id, error";
+
+fn clip_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClipRow> {
+    Ok(ClipRow {
+        id: r.get(0)?,
+        uid: r.get(1)?,
+        event: r.get(2)?,
+        camera: r.get(3)?,
+        from_ns: r.get(4)?,
+        to_ns: r.get(5)?,
+        state: r.get(6)?,
+        path: r.get(7)?,
+        sha256: r.get(8)?,
+        bytes: r.get(9)?,
+        lock_id: r.get(10)?,
+        error: r.get(11)?,
+    })
+}
+
+/// A clip to cut once its post-roll has been recorded.
+#[derive(Debug, Clone)]
+pub struct NewClip {
+    pub uid: String,
+    pub camera: String,
+    pub from_ns: i64,
+    pub to_ns: i64,
+}
+
+impl Store {
+    /// Commits an event, its alert and its clip jobs (each with a retention lock over
+    /// its window) in ONE transaction: one fsync, and no state where the event exists
+    /// but its alert or the lock on its footage does not.
+    pub fn record_event(
+        &self,
+        ev: &EventRow,
+        alert: Option<(&str, &[u8])>,
+        clips: &[NewClip],
+        now_ns: i64,
+    ) -> Result<(i64, Option<i64>)> {
+        let mut c = self.conn();
+        let r = (|| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO event(uid, kind, source, at_ns, test, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![ev.uid, ev.kind, ev.source, ev.at_ns, ev.test, ev.detail.to_string()],
+            )?;
+            let event_id = tx.last_insert_rowid();
+            let msg = match alert {
+                Some((topic, payload)) => enqueue_tx(
+                    &tx,
+                    Class::Alert,
+                    topic,
+                    payload,
+                    false,
+                    now_ns,
+                    self.outbox_limits(),
+                )?,
+                None => None,
+            };
+            for clip in clips {
+                tx.execute(
+                    "INSERT INTO retention_lock(camera, from_ns, to_ns, reason, created_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![clip.camera, clip.from_ns, clip.to_ns, format!("clip {}", clip.uid), now_ns],
+                )?;
+                let lock = tx.last_insert_rowid();
+                tx.execute(
+                    "INSERT INTO clip(uid, event, camera, from_ns, to_ns, state, lock_id, created_ns) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+                    params![clip.uid, event_id, clip.camera, clip.from_ns, clip.to_ns, lock, now_ns],
+                )?;
+            }
+            tx.commit()?;
+            Ok((event_id, msg))
+        })();
+        self.sq(r)
+    }
+
+    pub fn events_since(&self, since_ns: i64, limit: usize) -> Result<Vec<EventRow>> {
+        let c = self.conn();
+        let mut st = self.sq(c.prepare_cached(
+            "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE at_ns >= ?1 ORDER BY at_ns DESC LIMIT ?2",
+        ))?;
+        let rows = st
+            .query_map(params![since_ns, limit as i64], event_row)
+            .and_then(|m| m.collect());
+        self.sq(rows)
+    }
+
+    pub fn clips_in_state(&self, state: &str) -> Result<Vec<ClipRow>> {
+        let c = self.conn();
+        let mut st = self.sq(c.prepare_cached(&format!(
+            "SELECT {CLIP_COLS} FROM clip WHERE state = ?1 ORDER BY id"
+        )))?;
+        let rows = st.query_map([state], clip_row).and_then(|m| m.collect());
+        self.sq(rows)
+    }
+
+    pub fn clips_of_event(&self, event: i64) -> Result<Vec<ClipRow>> {
+        let c = self.conn();
+        let mut st = self.sq(c.prepare_cached(&format!(
+            "SELECT {CLIP_COLS} FROM clip WHERE event = ?1 ORDER BY id"
+        )))?;
+        let rows = st.query_map([event], clip_row).and_then(|m| m.collect());
+        self.sq(rows)
+    }
+
+    pub fn clip(&self, uid: &str) -> Result<Option<ClipRow>> {
+        let c = self.conn();
+        self.sq(c
+            .query_row(
+                &format!("SELECT {CLIP_COLS} FROM clip WHERE uid = ?1"),
+                [uid],
+                clip_row,
+            )
+            .optional())
+    }
+
+    /// Records a sealed clip, releases the lock on its source segments and queues its
+    /// manifest upstream, in one transaction. The clip file itself is never evicted by
+    /// the ring; it stays until the control centre acknowledges it.
+    pub fn seal_clip(
+        &self,
+        id: i64,
+        path: &str,
+        sha256: &str,
+        bytes: u64,
+        manifest: Option<(&str, &[u8])>,
+        now_ns: i64,
+    ) -> Result<()> {
+        let mut c = self.conn();
+        let r = (|| {
+            let tx = c.transaction()?;
+            // The clip file now holds the footage: its source segments may age out again.
+            tx.execute(
+                "DELETE FROM retention_lock WHERE id = (SELECT lock_id FROM clip WHERE id = ?1)",
+                [id],
+            )?;
+            tx.execute(
+                "UPDATE clip SET state = 'sealed', path = ?2, sha256 = ?3, bytes = ?4, sealed_ns = ?5, error = NULL, lock_id = NULL WHERE id = ?1",
+                params![id, path, sha256, bytes as i64, now_ns],
+            )?;
+            if let Some((topic, payload)) = manifest {
+                enqueue_tx(
+                    &tx,
+                    Class::Evidence,
+                    topic,
+                    payload,
+                    false,
+                    now_ns,
+                    self.outbox_limits(),
+                )?;
+            }
+            tx.commit()
+        })();
+        self.sq(r)
+    }
+
+    /// A manual export's clip row; `seal_clip` or `fail_clip` finishes it.
+    pub fn insert_clip(
+        &self,
+        clip: &NewClip,
+        event: Option<i64>,
+        lock_id: Option<i64>,
+        now_ns: i64,
+    ) -> Result<i64> {
+        let c = self.conn();
+        self.sq(c.execute(
+            "INSERT INTO clip(uid, event, camera, from_ns, to_ns, state, lock_id, created_ns) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+            params![clip.uid, event, clip.camera, clip.from_ns, clip.to_ns, lock_id, now_ns],
+        ))?;
+        Ok(c.last_insert_rowid())
+    }
+
+    pub fn event_by_id(&self, id: i64) -> Result<Option<EventRow>> {
+        let c = self.conn();
+        self.sq(c
+            .query_row(
+                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE id = ?1",
+                [id],
+                event_row,
+            )
+            .optional())
+    }
+
+    /// A clip that could not be cut keeps its lock, so the footage stays for a manual export.
+    pub fn fail_clip(&self, id: i64, error: &str) -> Result<()> {
+        let c = self.conn();
+        self.sq(c.execute(
+            "UPDATE clip SET state = 'failed', error = ?2 WHERE id = ?1",
+            params![id, error],
+        ))
+        .map(|_| ())
+    }
+
+    /// The control centre confirmed receipt: the clip may now age out.
+    pub fn ack_clip(&self, uid: &str, now_ns: i64) -> Result<bool> {
+        let mut c = self.conn();
+        let r = (|| {
+            let tx = c.transaction()?;
+            let lock: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT lock_id FROM clip WHERE uid = ?1 AND state = 'sealed'",
+                    [uid],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(lock) = lock else { return Ok(false) };
+            tx.execute(
+                "UPDATE clip SET state = 'acked', acked_ns = ?2 WHERE uid = ?1",
+                params![uid, now_ns],
+            )?;
+            if let Some(l) = lock {
+                tx.execute("DELETE FROM retention_lock WHERE id = ?1", [l])?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })();
+        self.sq(r)
+    }
+
+    pub fn audit(
+        &self,
+        at_ns: i64,
+        uid: Option<u32>,
+        pid: Option<i32>,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let c = self.conn();
+        self.sq(c.execute(
+            "INSERT INTO audit(at_ns, uid, pid, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![at_ns, uid, pid, action, target, detail],
+        ))
+        .map(|_| ())
+    }
+
+    pub fn audit_rows(&self, limit: usize) -> Result<Vec<serde_json::Value>> {
+        let c = self.conn();
+        let mut st = self.sq(c.prepare_cached(
+            "SELECT at_ns, uid, pid, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        ))?;
+        let rows = st
+            .query_map([limit as i64], |r| {
+                Ok(serde_json::json!({
+                    "at_ns": r.get::<_, i64>(0)?, "uid": r.get::<_, Option<i64>>(1)?, "pid": r.get::<_, Option<i64>>(2)?,
+                    "action": r.get::<_, String>(3)?, "target": r.get::<_, String>(4)?, "detail": r.get::<_, String>(5)?,
+                }))
+            })
+            .and_then(|m| m.collect());
+        self.sq(rows)
+    }
+}

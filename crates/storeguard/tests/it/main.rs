@@ -1,0 +1,14 @@
+//! storeguard's integration tests, one binary so they link once (as ripgrep does). They
+//! run the real binaries (`storeguard`, `fakecam`, `sg-receiver`: build them first with
+//! `cargo build --workspace --bins`, as `./dev.sh test` does) against real RTSP servers,
+//! a real mosquitto and real SQLite files, through `storeguard_fixtures::harness`.
+
+mod cli;
+mod daemon;
+mod evidence_mp4;
+mod fakecam;
+mod isb;
+mod recording;
+mod systemd_notify;
+mod ts_writer;
+mod uplink;
