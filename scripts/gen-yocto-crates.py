@@ -94,7 +94,7 @@ def main():
         except FileNotFoundError:
             have = ""
         if have != text:
-            diff = list(difflib.unified_diff(have.splitlines(), text.splitlines(), rel + " (committed)",
+            diff = list(difflib.unified_diff(have.splitlines(), text.splitlines(), rel + " (in the tree)",
                                              rel + " (from Cargo.lock)", lineterm="", n=0))
             sys.stderr.write("\n".join(diff[:40]) + ("\n... (%d more diff lines)\n" % (len(diff) - 40) if len(diff) > 40 else "\n"))
             die("%s is out of date with %s: run scripts/gen-yocto-crates.py and commit the result" % (rel, os.path.relpath(args.lock)))
