@@ -1,13 +1,12 @@
-//! Evidence building blocks: the device signing key, the signed clip manifest and the
-//! MPEG-TS -> MP4 remux that cuts a clip out of the recorder's segments.
+//! Evidence on the device: triggers in ([`incident`]), sealed clips out ([`clip`], [`mp4`]).
 //!
-//! Flow for one incident: [`mp4::remux_ts_to_mp4`] writes the clip, [`manifest::FileRef::from_path`]
-//! hashes it, the caller fills a [`manifest::Manifest`], signs it with [`key::DeviceKey`] and
-//! writes it next to the clip with [`manifest::Manifest::write_sidecar`]. Anyone holding the
-//! clip, its sidecar and (ideally) the device public key from the control centre can check it
-//! with [`manifest::verify`].
+//! Flow for one incident: a [`incident::Trigger`] is committed with its clip jobs; each job
+//! cuts from the keyframe index, [`mp4::remux_ts_to_mp4`] writes the clip, the manifest
+//! (wire format and signature rules in `storeguard_proto::manifest`) is filled, signed with
+//! the device key and written next to the clip. Anyone holding the clip, its sidecar and
+//! (ideally) the device public key from the control centre can check it with [`verify`].
 //!
-//! Everything here is blocking (file I/O, hashing, a GStreamer pipeline driven to EOS): call it
+//! The cutting is blocking (file I/O, hashing, a GStreamer pipeline driven to EOS): call it
 //! from `spawn_blocking` or a dedicated thread.
 
 pub mod clip;
