@@ -435,6 +435,11 @@ impl StreamState {
             return;
         }
         self.need_keyframe = false;
+        if self.format.is_none() {
+            // No SPS yet (neither in the SDP nor in-band): nothing to describe it with.
+            live.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let rate = stamp.clock_rate().get() as i128;
         let pts = (stamp.elapsed() as i128 * 1_000_000_000 / rate) as i64;
         let dts = self.decode_time(pts);
