@@ -40,7 +40,7 @@ for n in "${COUNTS[@]}"; do ((n > MAX)) && MAX=$n; done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release
 if [[ ! -x $BIN/storeguard || ! -x $BIN/fakecam ]]; then
-    (cd "$ROOT" && cargo build --release --bins)
+    (cd "$ROOT" && cargo build --release --workspace --bins)
 fi
 WORK=$(mktemp -d /tmp/sg-bench.XXXXXX)
 CACHE=$ROOT/target/bench-media
