@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Recording cost: storeguard vs. one `ffmpeg -c copy -f segment` per camera (the Frigate
-# way), each recording the same fake cameras for the same time, one after the other.
+# Recording cost: storeguard on each of its ingests (retina, the default, and the
+# gstreamer fallback) vs. one `ffmpeg -c copy -f segment` per camera (the Frigate way),
+# each recording the same fake cameras for the same time, one after the other.
 #
 #   scripts/bench-recording.sh [SECONDS] [CAMERA COUNTS...]      default: 60 1 8 24
 #
@@ -15,13 +16,21 @@
 #   MB/cam-min  bytes written under the output directory per camera-minute
 #   write MB/cam-min  what the kernel was asked to write (/proc/PID/io write_bytes):
 #            for storeguard the recordings plus the SQLite index and its WAL
-# SG_TRANSPORT=udp records over RTP/UDP instead of RTSP-interleaved TCP (both recorders).
+# SG_TRANSPORT=udp records over RTP/UDP instead of RTSP-interleaved TCP (all recorders; the
+# retina ingest is TCP only, so it is left out then).
+# SG_INGESTS="retina gstreamer" (default) picks the storeguard ingests to run.
 # Needs: release build (built if missing), ffmpeg, python3 (for JSON), ~1 GB free in /tmp,
 # and vtest.avi from `scripts/setup.sh media`.
 set -euo pipefail
 
 SECS=${1:-60}
 TRANSPORT=${SG_TRANSPORT:-tcp}
+read -r -a INGESTS <<<"${SG_INGESTS:-retina gstreamer}"
+if [[ $TRANSPORT == udp ]]; then
+    kept=()
+    for i in "${INGESTS[@]}"; do [[ $i == retina ]] || kept+=("$i"); done
+    INGESTS=("${kept[@]}")
+fi
 shift || true
 COUNTS=("$@")
 [[ ${#COUNTS[@]} -gt 0 ]] || COUNTS=(1 8 24)
@@ -119,14 +128,14 @@ measure() {
 }
 
 run_storeguard() {
-    local n=$1 dir=$WORK/sg-$n
+    local n=$1 ingest=$2 dir=$WORK/sg-$2-$1
     mkdir -p "$dir"
     {
         printf '[site]\nsite_id = "bench"\ndevice_id = "bench"\n\n[storage]\ndata_dir = "data"\n'
         printf 'segment_length = "10s"\nsync_interval = "1s"\n\n[control]\nsocket = "control.sock"\n'
         for i in $(seq 1 "$n"); do
-            printf '\n[[cameras]]\nid = "cam%d"\nurl = "rtsp://127.0.0.1:%d/cam%d"\ntransport = "%s"\n' \
-                "$i" "$PORT" "$i" "$TRANSPORT"
+            printf '\n[[cameras]]\nid = "cam%d"\nurl = "rtsp://127.0.0.1:%d/cam%d"\ntransport = "%s"\ningest = "%s"\n' \
+                "$i" "$PORT" "$i" "$TRANSPORT" "$ingest"
         done
     } >"$dir/sg.toml"
     STOREGUARD_LOG=${STOREGUARD_LOG:-info} NO_COLOR=1 "$BIN/storeguard" --config "$dir/sg.toml" run \
@@ -149,7 +158,7 @@ sys.exit(0 if len(c) == int(sys.argv[1]) and all(x["state"] == "recording" for x
     done
     [[ -n $ok ]] || { tail -20 "$dir/log" >&2; echo "storeguard: cameras not recording" >&2; exit 1; }
     sleep 3
-    measure storeguard "$dir/data/recordings" "$n" "$pid"
+    measure "storeguard-$ingest" "$dir/data/recordings" "$n" "$pid"
     kill -TERM "$pid"
     wait "$pid" || true
     REC_PIDS=()
@@ -181,7 +190,7 @@ run_ffmpeg() {
 
 echo "storeguard $(git -C "$ROOT" describe --always --dirty 2>/dev/null), RTSP over $TRANSPORT, ${SECS}s windows, load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores" >&2
 for n in "${COUNTS[@]}"; do
-    run_storeguard "$n"
+    for i in "${INGESTS[@]}"; do run_storeguard "$n" "$i"; done
     run_ffmpeg "$n"
 done
 
@@ -194,7 +203,9 @@ for r in "${results[@]}"; do
 done
 echo
 for n in "${COUNTS[@]}"; do
-    sg=$(printf '%s\n' "${results[@]}" | awk -F'|' -v n="$n" '$1 == "storeguard" && $2 == n { print $3 }')
     ff=$(printf '%s\n' "${results[@]}" | awk -F'|' -v n="$n" '$1 == "ffmpeg" && $2 == n { print $3 }')
-    awk -v n="$n" -v a="$sg" -v b="$ff" 'BEGIN { printf "%d cameras: CPU storeguard / ffmpeg = %.2f\n", n, (b > 0 ? a / b : 0) }'
+    for i in "${INGESTS[@]}"; do
+        sg=$(printf '%s\n' "${results[@]}" | awk -F'|' -v n="$n" -v r="storeguard-$i" '$1 == r && $2 == n { print $3 }')
+        awk -v n="$n" -v i="$i" -v a="$sg" -v b="$ff" 'BEGIN { printf "%d cameras: CPU storeguard (%s) / ffmpeg = %.2f\n", n, i, (b > 0 ? a / b : 0) }'
+    done
 done

@@ -1,14 +1,17 @@
-//! Camera ingest: one supervised pipeline per camera, reconnecting on its own, with
-//! health for `storeguard cameras`. The GStreamer edge sits behind `CameraSource`, so
-//! the supervisor's state machine (backoff, stall detection, gaps) is tested without it.
+//! Camera ingest: one supervised stream per camera, reconnecting on its own, with
+//! health for `storeguard cameras`. Two ingests sit behind `CameraSource`: retina
+//! (`retina_ingest.rs`, the default) and GStreamer's rtspsrc (`pipeline.rs`, the
+//! fallback for RTSPS and UDP-only cameras), chosen per camera by `ingest`.
 
 pub mod pipeline;
+pub mod retina_ingest;
 pub mod supervisor;
 pub mod timeline;
 
 use std::sync::Arc;
 
 pub use pipeline::{GstCamera, Live};
+pub use retina_ingest::RetinaCamera;
 pub use supervisor::{CameraHealth, Supervisor};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -21,6 +21,8 @@ pub struct Live {
     pub last_frame_mono: AtomicU64,
     pub last_frame_utc: AtomicI64,
     pub clock_steps: AtomicU64,
+    /// Frames not recorded: lost packets, or waiting for a keyframe after a loss.
+    pub dropped: AtomicU64,
     pub format: Mutex<Option<StreamFormat>>,
     /// Set by the streaming thread when it can't go on (unsupported codec, disk).
     pub fatal: Mutex<Option<String>>,
@@ -170,7 +172,7 @@ struct NtpMap {
 
 /// Camera time more than this away from box time is not trusted (camera clocks are
 /// often unset or in the wrong zone); we fall back to arrival time.
-const MAX_CAMERA_SKEW_NS: i64 = 2_000_000_000;
+pub(crate) const MAX_CAMERA_SKEW_NS: i64 = 2_000_000_000;
 const NTP_UNIX_OFFSET_S: i64 = 2_208_988_800;
 
 impl NtpMap {

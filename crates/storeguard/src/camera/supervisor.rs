@@ -31,6 +31,8 @@ pub struct CameraHealth {
     pub name: String,
     pub url: String,
     pub state: &'static str,
+    /// `retina` or `gstreamer`.
+    pub ingest: &'static str,
     pub codec: Option<&'static str>,
     pub width: u32,
     pub height: u32,
@@ -42,6 +44,8 @@ pub struct CameraHealth {
     pub offline_since_ns: Option<i64>,
     pub clock_steps: u64,
     pub frames: u64,
+    /// Frames the ingest dropped rather than record them broken (packet loss).
+    pub frames_dropped: u64,
     pub write_errors: u64,
 }
 
@@ -74,6 +78,8 @@ struct Slot {
     attempt: u32,
     next_attempt: Instant,
     reconnects: u64,
+    /// Frames dropped by earlier connections (each start counts afresh).
+    dropped_before: u64,
     last_error: Option<String>,
     offline_since: Option<(Instant, i64)>,
     offline_reported: bool,
@@ -238,6 +244,7 @@ fn apply(
             attempt: 0,
             next_attempt: now,
             reconnects: 0,
+            dropped_before: 0,
             last_error: None,
             offline_since: None,
             offline_reported: false,
@@ -261,12 +268,14 @@ fn same_camera(a: &Camera, b: &Camera) -> bool {
         && a.username == b.username
         && a.password == b.password
         && a.transport == b.transport
+        && a.ingest == b.ingest
         && a.enabled == b.enabled
         && a.sub_url == b.sub_url
 }
 
 fn start(slot: &mut Slot) {
     slot.started_at = Instant::now();
+    slot.dropped_before += slot.src.live().dropped.load(Ordering::Relaxed);
     match slot.src.start() {
         Ok(()) => slot.phase = Phase::Starting,
         Err(e) => fail(slot, e, None),
@@ -400,6 +409,7 @@ fn snapshot(s: &Slot) -> CameraHealth {
         name: s.cfg.name.clone(),
         url: mask_url(&s.cfg.url),
         state: s.phase.name(),
+        ingest: s.cfg.ingest.name(),
         codec: fmt.map(|f| crate::recording::writer::codec_name(f.codec)),
         width: fmt.map(|f| f.width).unwrap_or(0),
         height: fmt.map(|f| f.height).unwrap_or(0),
@@ -411,6 +421,7 @@ fn snapshot(s: &Slot) -> CameraHealth {
         offline_since_ns: s.offline_since.map(|o| o.1),
         clock_steps: live.clock_steps.load(Ordering::Relaxed),
         frames: w.stats.frames,
+        frames_dropped: live.dropped.load(Ordering::Relaxed) + s.dropped_before,
         write_errors: w.stats.write_errors,
     }
 }

@@ -81,8 +81,18 @@ pub fn cameras(v: &Value) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<10} {:<11} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>9}  last error",
-        "CAMERA", "STATE", "CODEC", "SIZE", "FPS", "KBIT/S", "LAST", "RECON", "RETAINED"
+        "{:<10} {:<11} {:<9} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>7} {:>9}  last error",
+        "CAMERA",
+        "STATE",
+        "INGEST",
+        "CODEC",
+        "SIZE",
+        "FPS",
+        "KBIT/S",
+        "LAST",
+        "RECON",
+        "DROPPED",
+        "RETAINED"
     );
     for c in v["cameras"].as_array().into_iter().flatten() {
         let size = match (c["width"].as_u64(), c["height"].as_u64()) {
@@ -99,15 +109,17 @@ pub fn cameras(v: &Value) -> String {
             .unwrap_or("-".into());
         let _ = writeln!(
             o,
-            "{:<10} {:<11} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>9}  {}",
+            "{:<10} {:<11} {:<9} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>7} {:>9}  {}",
             s(&c["id"]),
             s(&c["state"]),
+            s(&c["ingest"]),
             s(&c["codec"]),
             size,
             s(&c["fps"]),
             s(&c["bitrate_kbps"]),
             age,
             s(&c["reconnects"]),
+            s(&c["frames_dropped"]),
             kept,
             c["last_error"].as_str().unwrap_or("")
         );

@@ -125,6 +125,24 @@ pub enum Transport {
     Udp,
 }
 
+/// Which RTSP client records a camera. See docs/recording.md for when to pick which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ingest {
+    #[default]
+    Retina,
+    Gstreamer,
+}
+
+impl Ingest {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ingest::Retina => "retina",
+            Ingest::Gstreamer => "gstreamer",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Camera {
@@ -142,6 +160,8 @@ pub struct Camera {
     pub password: Option<Secret>,
     #[serde(default)]
     pub transport: Transport,
+    #[serde(default)]
+    pub ingest: Ingest,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Share of the disk budget relative to other cameras.
@@ -477,6 +497,21 @@ impl Config {
             if c.password.is_some() && c.username.is_none() {
                 v.err(&format!("{p}.password"), "password given without username");
             }
+            if c.ingest == Ingest::Retina {
+                let urls = std::iter::once(&c.url).chain(&c.sub_url);
+                if urls.clone().any(|u| u.starts_with("rtsps://")) {
+                    v.err(
+                        &format!("{p}.ingest"),
+                        "the retina ingest has no RTSPS; set ingest = \"gstreamer\" for an rtsps:// camera",
+                    );
+                }
+                if c.transport == Transport::Udp {
+                    v.err(
+                        &format!("{p}.ingest"),
+                        "the retina ingest records over TCP only; set ingest = \"gstreamer\" for a camera that only offers UDP",
+                    );
+                }
+            }
             if !(c.weight > 0.0 && c.weight <= 100.0) {
                 v.err(
                     &format!("{p}.weight"),
@@ -727,6 +762,35 @@ cameras = ["cam1", "cam2"]
         assert_eq!(p[0].line, 5, "{p:?}");
         assert!(p[0].message.contains("unknown field `colour`"), "{p:?}");
         assert_eq!(p[0].field, "site.colour");
+    }
+
+    #[test]
+    fn ingest_defaults_to_retina_and_rejects_what_retina_cannot_do() {
+        let c = Config::parse(GOOD, Path::new("/etc/x")).unwrap();
+        assert_eq!(c.cameras[0].ingest, Ingest::Retina);
+        let rtsps = GOOD.replace("rtsp://10.0.0.6:8554/main", "rtsps://10.0.0.6/main");
+        let p = problems(&rtsps);
+        assert_eq!(p[0].field, "cameras[1].ingest", "{p:?}");
+        assert!(p[0].message.contains("ingest = \"gstreamer\""), "{p:?}");
+        let ok = rtsps.replace(
+            "url = \"rtsps://10.0.0.6/main\"",
+            "url = \"rtsps://10.0.0.6/main\"\ningest = \"gstreamer\"",
+        );
+        let c = Config::parse(&ok, Path::new("/etc/x")).unwrap();
+        assert_eq!(c.cameras[1].ingest, Ingest::Gstreamer);
+        let udp = GOOD.replace(
+            "password = \"s3cret\"",
+            "password = \"s3cret\"\ntransport = \"udp\"",
+        );
+        let p = problems(&udp);
+        assert_eq!(p[0].field, "cameras[0].ingest", "{p:?}");
+        assert!(p[0].message.contains("only offers UDP"), "{p:?}");
+        let p = problems(&GOOD.replace(
+            "password = \"s3cret\"",
+            "password = \"s3cret\"\ningest = \"ffmpeg\"",
+        ));
+        assert_eq!(p[0].field, "cameras[0].ingest", "{p:?}");
+        assert!(p[0].message.contains("retina"), "{p:?}");
     }
 
     #[test]

@@ -9,9 +9,9 @@
 mod watchdog;
 
 use crate::button::service::{Buttons, Signal};
-use crate::camera::{self, GstCamera, Supervisor};
+use crate::camera::{self, GstCamera, RetinaCamera, Supervisor};
 use crate::cmd;
-use crate::config::{self as cfgmod, Config, Loaded};
+use crate::config::{self as cfgmod, Config, Ingest, Loaded};
 use crate::control::{self, Access, BindError, Listener};
 use crate::evidence::incident::{Incidents, Source, Trigger};
 use crate::exit::{self, coded};
@@ -84,7 +84,10 @@ async fn run_async(loaded: Loaded) -> Result<()> {
     let cameras = Supervisor::start(
         recorder.clone(),
         &cfg,
-        Box::new(move |cam, writer| Box::new(GstCamera::new(cam, writer, on_write_error.clone()))),
+        Box::new(move |cam, writer| match cam.ingest {
+            Ingest::Retina => Box::new(RetinaCamera::new(cam, writer, on_write_error.clone())),
+            Ingest::Gstreamer => Box::new(GstCamera::new(cam, writer, on_write_error.clone())),
+        }),
     );
 
     let key_dir = cfg.storage.data_dir.join("keys");

@@ -1,6 +1,7 @@
 //! One camera's segment writer: access units in, MPEG-TS segment files out.
 //!
-//! Runs on the camera's GStreamer streaming thread, so it only does buffered writes.
+//! Runs on the camera's ingest thread (a retina task or a GStreamer streaming thread),
+//! so it only does buffered writes.
 //! Syncing and indexing happen on the syncer thread through `checkpoint`, which hands
 //! over exactly what was written so far; the index never describes unsynced bytes.
 

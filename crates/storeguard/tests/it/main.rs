@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod evidence_mp4;
 mod fakecam;
+mod ingest;
 mod isb;
 mod recording;
 mod systemd_notify;

@@ -80,6 +80,12 @@ fn cam(id: &str, url: String) -> Cam {
     }
 }
 
+thread_local! {
+    /// The `ingest` every camera of `rec_config` gets; unset: the default (retina).
+    /// `ingest.rs` runs some of these tests on the gstreamer fallback through it.
+    pub(crate) static INGEST: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
 /// `[storage]` gets `storage` (TOML lines) besides its data_dir.
 fn rec_config(data_dir: &str, storage: &str, cams: &[Cam]) -> String {
     let mut s = format!(
@@ -92,6 +98,9 @@ fn rec_config(data_dir: &str, storage: &str, cams: &[Cam]) -> String {
         ));
         if let Some((u, p)) = c.auth {
             s.push_str(&format!("username = \"{u}\"\npassword = \"{p}\"\n"));
+        }
+        if let Some(i) = INGEST.get() {
+            s.push_str(&format!("ingest = \"{i}\"\n"));
         }
     }
     s
@@ -406,7 +415,7 @@ fn twenty_four_cameras_record_contiguous_decodable_segments() {
 // 2. A camera outage
 
 #[test]
-fn a_camera_outage_is_one_gap_on_that_camera_only() {
+pub(crate) fn a_camera_outage_is_one_gap_on_that_camera_only() {
     // A short GOP: a camera back online sends from its next keyframe, and a real camera
     // usually starts a new session with one; 0.33 s keeps fakecam's wait out of the figure.
     let f = fleet(FleetOptions { gop: 5, ..small(4) });
@@ -517,7 +526,7 @@ fn a_camera_outage_is_one_gap_on_that_camera_only() {
 // 3. kill -9
 
 #[test]
-fn kill_9_mid_segment_loses_at_most_a_sync_interval() {
+pub(crate) fn kill_9_mid_segment_loses_at_most_a_sync_interval() {
     const KILLS: usize = 4;
     // What a kill may lose: the last sync interval (1 s) of written-but-unflushed frames,
     // plus rtspsrc's 200 ms jitterbuffer, plus scheduling slack on a loaded box.
@@ -995,7 +1004,7 @@ fn full_disk_keeps_recording_by_eviction() {
 // 5. Bad input
 
 #[test]
-fn bad_cameras_report_clear_errors_while_good_ones_record() {
+pub(crate) fn bad_cameras_report_clear_errors_while_good_ones_record() {
     const USER: &str = "viewer";
     const PASS: &str = "right-pw";
     let f = fleet(FleetOptions {
