@@ -3,39 +3,20 @@
 //! `storeguard_fixtures::quirks` in front of fakecam. The recording suite itself runs on
 //! retina; some of it runs here again on the fallback.
 
+use super::recording::{cameras, fleet, small, stop};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use storeguard_base::now_ns;
 use storeguard_fixtures::harness::*;
 use storeguard_fixtures::quirks::{QuirkProxy, Quirks, RtpInfo};
 use storeguard_fixtures::{FakeCamFleet, FleetOptions};
 
 const SEC: i64 = 1_000_000_000;
 const FPS: u32 = 15;
-
-fn fleet(opts: FleetOptions) -> FakeCamFleet {
-    FakeCamFleet::spawn(&storeguard_fixtures::fixture_bin("fakecam"), &opts)
-        .expect("fakecam fleet starts")
-}
-
-fn small(cameras: u32) -> FleetOptions {
-    FleetOptions {
-        cameras,
-        width: 320,
-        height: 180,
-        fps: FPS,
-        gop: 15,
-        bitrate_kbps: 400,
-        ..Default::default()
-    }
-}
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap()
-}
 
 /// `(id, url, ingest)` cameras, 4 s segments, 1 s syncs.
 fn config(cams: &[(&str, String, &str)]) -> String {
@@ -46,21 +27,6 @@ fn config(cams: &[(&str, String, &str)]) -> String {
         ));
     }
     s
-}
-
-#[track_caller]
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out after {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn cameras(site: &Site) -> Value {
-    let out = site.cli(&["cameras", "--json"]);
-    out.expect(0);
-    serde_json::from_str(&out.stdout).expect("cameras --json is JSON")
 }
 
 fn camera(v: &Value, id: &str) -> Value {
@@ -86,20 +52,12 @@ fn recording(site: &Site, ids: &[&str]) -> bool {
 
 fn start(site: &Site, ids: &[&str]) -> Daemon {
     let d = site.start();
-    wait_for(
+    wait_until_within(
         &format!("{ids:?} recording"),
         Duration::from_secs(60),
         || recording(site, ids),
     );
     d
-}
-
-fn stop(d: &mut Daemon) {
-    d.signal(libc::SIGTERM);
-    let st = d
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("daemon did not stop\n{}", d.log()));
-    assert!(st.success(), "daemon exit {st}\n{}", d.log());
 }
 
 fn db(site: &Site) -> Connection {
@@ -417,11 +375,11 @@ fn a_session_limit_is_freed_by_tearing_down_the_stale_session() {
     // A network drop: the camera still counts the old session for LINGER.
     let cut = Instant::now();
     p.cut();
-    wait_for("cam1 seen offline", Duration::from_secs(10), || {
+    wait_until_within("cam1 seen offline", Duration::from_secs(10), || {
         camera(&cameras(&site), "cam1")["reconnects"].as_u64() >= Some(1)
             || camera(&cameras(&site), "cam1")["state"] != "recording"
     });
-    wait_for("cam1 recording again", Duration::from_secs(20), || {
+    wait_until_within("cam1 recording again", Duration::from_secs(20), || {
         let c = camera(&cameras(&site), "cam1");
         c["state"] == "recording" && c["reconnects"].as_u64() >= Some(1)
     });

@@ -27,7 +27,7 @@ const STATE_RECOVERED: i64 = 2;
 
 /// A fleet that shows its stderr tail when the test fails: a camera that vanished is
 /// then told apart from a recorder that lost it.
-struct Fleet(FakeCamFleet);
+pub(super) struct Fleet(FakeCamFleet);
 
 impl std::ops::Deref for Fleet {
     type Target = FakeCamFleet;
@@ -44,7 +44,7 @@ impl Drop for Fleet {
     }
 }
 
-fn fleet(opts: FleetOptions) -> Fleet {
+pub(super) fn fleet(opts: FleetOptions) -> Fleet {
     Fleet(
         FakeCamFleet::spawn(&storeguard_fixtures::fixture_bin("fakecam"), &opts)
             .expect("fakecam fleet starts"),
@@ -52,7 +52,7 @@ fn fleet(opts: FleetOptions) -> Fleet {
 }
 
 /// Small frames keep 24 cameras cheap on 2 cores; what is tested doesn't depend on size.
-fn small(cameras: u32) -> FleetOptions {
+pub(super) fn small(cameras: u32) -> FleetOptions {
     FleetOptions {
         cameras,
         width: 320,
@@ -110,7 +110,7 @@ fn rec_config(data_dir: &str, storage: &str, cams: &[Cam]) -> String {
 
 /// `cameras --json`.
 #[track_caller]
-fn cameras(site: &Site) -> Value {
+pub(super) fn cameras(site: &Site) -> Value {
     let out = site.cli(&["cameras", "--json"]);
     out.expect(0);
     serde_json::from_str(&out.stdout).expect("cameras --json is JSON")
@@ -149,7 +149,7 @@ fn start_recording(site: &Site, ids: &[&str]) -> Daemon {
 
 /// SIGTERM and a clean exit.
 #[track_caller]
-fn stop(d: &mut Daemon) {
+pub(super) fn stop(d: &mut Daemon) {
     d.signal(libc::SIGTERM);
     let st = d
         .wait_exit(Duration::from_secs(30))
