@@ -9,6 +9,7 @@ pub mod clock;
 pub mod error;
 pub mod fs;
 pub mod net;
+pub mod runtime;
 pub mod shutdown;
 pub mod time;
 

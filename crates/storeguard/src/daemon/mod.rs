@@ -40,6 +40,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sg-rt")
+        // Lets the store assert that it is never entered from a worker.
+        .on_thread_unpark(storeguard_base::runtime::mark_async_worker)
         .enable_all()
         .build()
         // Not a config problem (exit 78 tells systemd not to restart): resources.

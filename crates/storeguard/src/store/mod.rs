@@ -168,6 +168,10 @@ impl Store {
     /// The connection, for the store's own submodules. Callers in async code wrap
     /// store calls in `spawn_blocking`; queries here are short.
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        debug_assert!(
+            !storeguard_base::runtime::on_async_worker(),
+            "SQLite called on an async worker thread; use spawn_blocking (cmd::blocking)"
+        );
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.inner.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
