@@ -28,14 +28,7 @@ pub struct Live {
     pub fatal: Mutex<Option<String>>,
 }
 
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use storeguard_base::clock::monotonic_ns as mono_ns;
 
 fn realtime_ns() -> i64 {
     let mut ts = libc::timespec {
