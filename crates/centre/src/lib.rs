@@ -11,7 +11,9 @@
 //! Alerts and health go to JSONL files, deduplicated by `msg_id` (the files are the
 //! dedup record, so it survives restarts). Clips are reassembled at their offsets,
 //! verified against the signed manifest (SHA-256 + Ed25519, key pinned with `--pubkey`
-//! or trusted on first use) and acknowledged on `evidence/{clip}/ack` (retained).
+//! or trusted on first use) and acknowledged on `evidence/{clip}/ack` (retained) with a
+//! receipt signed by the centre's key (`storeguard_proto::receipt`): boxes release a clip
+//! only for a signed `verified` receipt naming its exact bytes.
 //!
 //! Stdout carries exactly one line per new alert and one per verified clip:
 //! `ALERT site=.. device=.. id=.. kind=.. at=.. msg_id=..` and
@@ -19,7 +21,9 @@
 //! Everything else is logged to stderr.
 
 use anyhow::{Context, Result, anyhow};
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::v5::Event;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -27,13 +31,17 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use storeguard_proto::broker::parse_broker_url;
 use storeguard_proto::session::{self, Backoff, ConnectOpts, TlsFiles};
 use storeguard_proto::topics::{self, AckStatus, ClipAck, Kind, ManifestMsg};
-use storeguard_proto::verify;
+use storeguard_proto::{DeviceKey, verify};
 
 pub const SUBSCRIPTION: &str = "storeguard/v1/+/+/#";
+/// The receipt-signing key's files in `--key-dir`.
+pub const CENTRE_KEY_FILE: &str = "centre_ed25519.key";
+pub const CENTRE_PUB_FILE: &str = "centre_ed25519.pub";
 
 #[derive(Debug, Clone)]
 pub struct ReceiverOpts {
@@ -49,6 +57,8 @@ pub struct ReceiverOpts {
     pub max_backoff: Duration,
     /// Largest incoming packet accepted (chunks are up to the device's max_message_size).
     pub max_packet: usize,
+    /// Signs every clip receipt; boxes trust its public key (`trust.control_centre_keys`).
+    pub signing_key: Option<Arc<DeviceKey>>,
 }
 
 impl ReceiverOpts {
@@ -63,6 +73,7 @@ impl ReceiverOpts {
             pubkeys: HashMap::new(),
             max_backoff: Duration::from_secs(5),
             max_packet: 64 << 20,
+            signing_key: None,
         }
     }
 }
@@ -70,6 +81,11 @@ impl ReceiverOpts {
 /// Runs until `stop` resolves; reconnects with backoff on its own.
 pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     let broker = parse_broker_url(&opts.broker).map_err(|e| anyhow!("--broker: {e}"))?;
+    if opts.signing_key.is_none() {
+        return Err(anyhow!(
+            "no signing key: boxes accept only signed clip receipts (--signing-key)"
+        ));
+    }
     let (client, mut el) = session::client(&ConnectOpts {
         broker: broker.clone(),
         client_id: opts.client_id.clone(),
@@ -80,9 +96,9 @@ pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>
         tls: opts.tls.clone(),
         keepalive: Duration::from_secs(30),
         // Persistent: the broker keeps QoS 1 messages for us while we are away.
-        clean_session: false,
-        max_incoming: opts.max_packet,
-        max_outgoing: 1 << 20,
+        persistent: true,
+        max_packet: opts.max_packet.min(u32::MAX as usize) as u32,
+        receive_max: 1024,
         inflight: 1024,
         will: None,
     })?;
@@ -112,7 +128,8 @@ pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>
                     tracing::info!("receiver subscribed to {SUBSCRIPTION}");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    for (topic, payload) in rx.handle(&p.topic, &p.payload) {
+                    let topic = session::topic_str(&p).unwrap_or("");
+                    for (topic, payload) in rx.handle(topic, &p.payload) {
                         if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
                             tracing::warn!("receiver: ack not queued: {e}");
                         }
@@ -177,6 +194,9 @@ struct DoneRecord {
     key_id: String,
     trust: String,
     verified_at: String,
+    /// The manifest's signature value: receipts name the seal they confirm.
+    #[serde(default)]
+    manifest_signature: Option<String>,
 }
 
 /// Receiver state: output files and the dedup set.
@@ -188,6 +208,7 @@ pub struct Receiver {
     /// Every delivery, duplicates included, in arrival order (not synced; for analysis).
     deliveries: File,
     pubkeys: HashMap<String, String>,
+    key: Arc<DeviceKey>,
 }
 
 impl Receiver {
@@ -209,6 +230,10 @@ impl Receiver {
             health,
             deliveries,
             pubkeys: opts.pubkeys.clone(),
+            key: opts
+                .signing_key
+                .clone()
+                .ok_or_else(|| anyhow!("no signing key for clip receipts"))?,
         })
     }
 
@@ -387,10 +412,7 @@ impl Receiver {
             // Already verified: the device did not get our ack; say it again.
             if h.last {
                 let rec: DoneRecord = serde_json::from_slice(&fs::read(&done)?)?;
-                return Ok(vec![ack(site, device, clip, AckStatus::Verified, |a| {
-                    a.bytes = Some(rec.bytes);
-                    a.sha256 = Some(rec.sha256.clone());
-                })]);
+                return Ok(vec![self.verified(site, device, clip, &rec)]);
             }
             return Ok(Vec::new());
         }
@@ -439,9 +461,7 @@ impl Receiver {
                 offset = gap,
                 "final chunk arrived with bytes missing; asking for them"
             );
-            return Ok(vec![ack(site, device, clip, AckStatus::Incomplete, |a| {
-                a.resend_from = Some(gap);
-            })]);
+            return Ok(vec![self.incomplete(site, device, clip, gap, false)]);
         }
         Ok(Vec::new())
     }
@@ -460,10 +480,7 @@ impl Receiver {
                 "clip complete but its manifest is missing; asking for it"
             );
             let total = self.load_state(site, device, clip)?.map_or(0, |s| s.total);
-            return Ok(vec![ack(site, device, clip, AckStatus::Incomplete, |a| {
-                a.need_manifest = true;
-                a.resend_from = Some(total);
-            })]);
+            return Ok(vec![self.incomplete(site, device, clip, total, true)]);
         }
         let trust_file = self
             .out
@@ -496,7 +513,7 @@ impl Receiver {
                 for p in [&part, &manifest, &state] {
                     let _ = fs::remove_file(p);
                 }
-                return Ok(vec![ack(site, device, clip, AckStatus::Failed, |a| {
+                return Ok(vec![self.ack(site, device, clip, AckStatus::Failed, |a| {
                     a.reason = Some(reason.clone());
                 })]);
             }
@@ -524,6 +541,7 @@ impl Receiver {
             key_id: r.key_id.clone(),
             trust: trust.into(),
             verified_at: topics::utc_ms(topics::now_ns()),
+            manifest_signature: m.signature.as_ref().map(|s| s.value.clone()),
         };
         write_atomic(
             &self.done_path(site, device, clip),
@@ -537,40 +555,75 @@ impl Receiver {
             word(&name),
             rec.key_id
         );
-        Ok(vec![ack(site, device, clip, AckStatus::Verified, |a| {
-            a.bytes = Some(rec.bytes);
-            a.sha256 = Some(rec.sha256.clone());
-        })])
+        Ok(vec![self.verified(site, device, clip, &rec)])
     }
 }
 
-fn ack(
-    site: &str,
-    device: &str,
-    clip: &str,
-    status: AckStatus,
-    fill: impl FnOnce(&mut ClipAck),
-) -> (String, Vec<u8>) {
-    let mut a = ClipAck {
-        schema: topics::SCHEMA_CLIP_ACK.into(),
-        clip: clip.into(),
-        status,
-        bytes: None,
-        sha256: None,
-        resend_from: None,
-        need_manifest: false,
-        reason: None,
-        at: topics::utc_ms(topics::now_ns()),
-    };
-    fill(&mut a);
-    (
-        format!(
-            "{}{}",
-            topics::prefix(site, device),
-            topics::ack_topic(clip)
-        ),
-        serde_json::to_vec(&a).expect("ack serializes"),
-    )
+impl Receiver {
+    /// The `verified` receipt for a stored clip: its bytes, hash and seal.
+    fn verified(
+        &self,
+        site: &str,
+        device: &str,
+        clip: &str,
+        rec: &DoneRecord,
+    ) -> (String, Vec<u8>) {
+        self.ack(site, device, clip, AckStatus::Verified, |a| {
+            a.bytes = Some(rec.bytes);
+            a.sha256 = Some(rec.sha256.clone());
+            a.manifest_signature = rec.manifest_signature.clone();
+        })
+    }
+
+    /// Asks the device for the bytes from `from` on, and the manifest if `need_manifest`.
+    fn incomplete(
+        &self,
+        site: &str,
+        device: &str,
+        clip: &str,
+        from: u64,
+        need_manifest: bool,
+    ) -> (String, Vec<u8>) {
+        self.ack(site, device, clip, AckStatus::Incomplete, |a| {
+            a.resend_from = Some(from);
+            a.need_manifest = need_manifest;
+        })
+    }
+
+    /// A signed receipt for the device, retained on its `evidence/{clip}/ack`.
+    fn ack(
+        &self,
+        site: &str,
+        device: &str,
+        clip: &str,
+        status: AckStatus,
+        fill: impl FnOnce(&mut ClipAck),
+    ) -> (String, Vec<u8>) {
+        let mut a = ClipAck {
+            schema: topics::SCHEMA_CLIP_ACK.into(),
+            site_id: site.into(),
+            device_id: device.into(),
+            clip: clip.into(),
+            status,
+            bytes: None,
+            sha256: None,
+            manifest_signature: None,
+            resend_from: None,
+            need_manifest: false,
+            reason: None,
+            at: topics::utc_ms(topics::now_ns()),
+            signature: None,
+        };
+        fill(&mut a);
+        (
+            format!(
+                "{}{}",
+                topics::prefix(site, device),
+                topics::ack_topic(clip)
+            ),
+            a.signed(&self.key),
+        )
+    }
 }
 
 /// One token for the key=value stdout lines.

@@ -68,12 +68,22 @@ impl DeviceKey {
     /// permissions; otherwise this refuses with an error naming the path. A missing or stale
     /// public key file is (re)written from the secret.
     pub fn load_or_create(dir: &Path) -> Result<DeviceKey, KeyError> {
+        Self::load_or_create_named(dir, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE)
+    }
+
+    /// As [`DeviceKey::load_or_create`], with other file names: the control centre keeps
+    /// its receipt-signing key the same way (`centre_ed25519.key` / `.pub`).
+    pub fn load_or_create_named(
+        dir: &Path,
+        secret_file: &str,
+        public_file: &str,
+    ) -> Result<DeviceKey, KeyError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| io_context(e, "create key directory", dir))?;
-        let path = dir.join(PRIVATE_KEY_FILE);
+        let path = dir.join(secret_file);
         let key = match std::fs::symlink_metadata(&path) {
             Ok(_) => Self::load(&path)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -85,13 +95,20 @@ impl DeviceKey {
                 let written = write_atomic(&path, &seed, 0o600);
                 seed.fill(0);
                 written?;
-                tracing::info!(path = %path.display(), key_id = %key.key_id(), "created device key");
+                tracing::info!(path = %path.display(), key_id = %key.key_id(), "created signing key");
                 key
             }
             Err(e) => return Err(io_context(e, "stat", &path).into()),
         };
-        key.ensure_public_file(&dir.join(PUBLIC_KEY_FILE))?;
+        key.ensure_public_file(&dir.join(public_file))?;
         Ok(key)
+    }
+
+    /// A key from a known seed (tests and fixtures; a real key comes from the OS RNG).
+    pub fn from_seed(seed: [u8; SECRET_KEY_LENGTH]) -> DeviceKey {
+        DeviceKey {
+            signing: SigningKey::from_bytes(&seed),
+        }
     }
 
     fn load(path: &Path) -> Result<DeviceKey, KeyError> {

@@ -1,4 +1,9 @@
-//! The MQTT connection: options, TLS, and the pump task that owns `EventLoop::poll`.
+//! The MQTT connection (MQTT 5): options, TLS, and the pump task that owns `EventLoop::poll`.
+//!
+//! MQTT 5, because it lets a client refuse what it cannot take: CONNECT states a Maximum
+//! Packet Size and a Receive Maximum, and the broker must then drop (not send) larger
+//! messages and send no more unacknowledged ones. With 3.1.1 one oversized retained
+//! message on a subscribed topic made the client disconnect on every connect.
 //!
 //! rumqttc's `publish()` returns no packet id, so the sender correlates the order of its
 //! publishes with `Outgoing::Publish(pkid)` events. That needs ONE task deciding what is
@@ -8,10 +13,10 @@
 //! request from the old connection can leak into the new one and shift the correlation.
 
 use crate::broker::{BrokerUrl, SYSTEM_CA_BUNDLE};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration,
-    Transport,
-};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -35,9 +40,12 @@ pub struct ConnectOpts {
     pub credentials: Option<(String, String)>,
     pub tls: TlsFiles,
     pub keepalive: Duration,
-    pub clean_session: bool,
-    pub max_incoming: usize,
-    pub max_outgoing: usize,
+    /// Keep the broker's session (and its queued QoS 1 messages) across disconnects.
+    pub persistent: bool,
+    /// Maximum Packet Size told to the broker: it drops anything larger for us.
+    pub max_packet: u32,
+    /// Receive Maximum: unacknowledged QoS 1 messages the broker may have out to us.
+    pub receive_max: u16,
     /// rumqttc's own in-flight limit and request channel capacity.
     pub inflight: u16,
     pub will: Option<(String, Vec<u8>)>,
@@ -111,9 +119,15 @@ pub fn rustls_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, TlsSetupErr
 pub fn client(o: &ConnectOpts) -> Result<(AsyncClient, EventLoop), TlsSetupError> {
     let mut m = MqttOptions::new(o.client_id.clone(), o.broker.host.clone(), o.broker.port);
     m.set_keep_alive(o.keepalive);
-    m.set_clean_session(o.clean_session);
-    m.set_max_packet_size(o.max_incoming, o.max_outgoing);
-    m.set_inflight(o.inflight);
+    m.set_clean_start(!o.persistent);
+    if o.persistent {
+        // MQTT 5 ends a session at disconnect unless an expiry says otherwise.
+        m.set_session_expiry_interval(Some(u32::MAX));
+    }
+    m.set_max_packet_size(Some(o.max_packet));
+    m.set_receive_maximum(Some(o.receive_max.max(1)));
+    m.set_outgoing_inflight_upper_limit(o.inflight);
+    m.set_connection_timeout(10);
     // Incoming publishes are acknowledged only once handled (and persisted).
     m.set_manual_acks(true);
     if let Some((user, pass)) = &o.credentials {
@@ -125,6 +139,7 @@ pub fn client(o: &ConnectOpts) -> Result<(AsyncClient, EventLoop), TlsSetupError
             payload.clone(),
             QoS::AtLeastOnce,
             true,
+            None,
         ));
     }
     if o.broker.tls {
@@ -133,17 +148,24 @@ pub fn client(o: &ConnectOpts) -> Result<(AsyncClient, EventLoop), TlsSetupError
             Arc::new(cfg),
         )));
     }
-    let (client, mut el) = AsyncClient::new(m, o.inflight as usize);
-    let mut net = el.network_options();
+    let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(10);
-    el.set_network_options(net);
+    m.set_network_options(net);
+    let (client, el) = AsyncClient::new(m, o.inflight as usize);
     Ok((client, el))
+}
+
+/// The topic of an incoming publish as text (MQTT 5 topics are UTF-8 on the wire; a
+/// broken one is reported, not guessed at).
+pub fn topic_str(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Result<&str, String> {
+    std::str::from_utf8(&p.topic).map_err(|e| format!("topic is not UTF-8: {e}"))
 }
 
 /// What the pump hands to the session owner.
 pub enum PumpMsg {
-    Event(Event),
+    /// Boxed: a v5 event is large, and most messages are small acks.
+    Event(Box<Event>),
     /// The connection is gone (or never came up). Reply on `resume` once nothing more
     /// will be published for the old connection; the pump reconnects after a backoff.
     Down {
@@ -188,10 +210,13 @@ pub async fn pump(mut el: EventLoop, tx: mpsc::UnboundedSender<PumpMsg>, max_bac
     loop {
         match el.poll().await {
             Ok(ev) => {
-                if matches!(ev, Event::Incoming(rumqttc::Packet::ConnAck(_))) {
+                if matches!(
+                    ev,
+                    Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_))
+                ) {
                     backoff.reset();
                 }
-                if tx.send(PumpMsg::Event(ev)).is_err() {
+                if tx.send(PumpMsg::Event(Box::new(ev))).is_err() {
                     return;
                 }
             }

@@ -315,15 +315,24 @@ pub enum AckStatus {
     Failed,
 }
 
+/// A clip acknowledgement: a receipt signed by the control centre (checked in `receipt.rs`).
+/// Field order is the signed order of a fresh receipt; `signature` stays last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClipAck {
     pub schema: String,
+    #[serde(default)]
+    pub site_id: String,
+    #[serde(default)]
+    pub device_id: String,
     pub clip: String,
     pub status: AckStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The clip manifest's signature value: ties a receipt to one seal of the clip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_signature: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resend_from: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -331,6 +340,8 @@ pub struct ClipAck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::manifest::SignatureBlock>,
 }
 
 /// Adds `"msg_id"` to a JSON object payload, keeping its other bytes as they are.
@@ -517,15 +528,29 @@ mod samples {
         w("chunk-header.json", &serde_json::to_vec(&h).unwrap());
         let ack = ClipAck {
             schema: SCHEMA_CLIP_ACK.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
             clip: "c1".into(),
+            status: AckStatus::Verified,
+            bytes: Some(m.file.size),
+            sha256: Some(m.file.sha256.clone()),
+            manifest_signature: m.signature.as_ref().map(|s| s.value.clone()),
+            resend_from: None,
+            need_manifest: false,
+            reason: None,
+            at: utc_ms(now_ns()),
+            signature: None,
+        };
+        w("clip-ack.json", &ack.signed(&key));
+        let incomplete = ClipAck {
             status: AckStatus::Incomplete,
             bytes: None,
             sha256: None,
+            manifest_signature: None,
             resend_from: Some(0),
             need_manifest: true,
-            reason: None,
-            at: utc_ms(now_ns()),
+            ..ack
         };
-        w("clip-ack.json", &serde_json::to_vec(&ack).unwrap());
+        w("clip-ack-incomplete.json", &incomplete.signed(&key));
     }
 }

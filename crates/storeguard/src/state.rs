@@ -23,6 +23,8 @@ pub struct State {
     pub signal_tx: tokio::sync::mpsc::UnboundedSender<Signal>,
     /// None when the config has no [uplink] section (the box then only records locally).
     pub uplink: Mutex<Option<UplinkHandle>>,
+    /// Why the configured uplink is not running (no trusted key), for status and doctor.
+    pub uplink_refused: Mutex<Option<String>>,
     pub cameras: Supervisor,
     pub started: Instant,
     pub started_utc: DateTime<Utc>,
@@ -47,6 +49,12 @@ impl State {
 
     pub fn uplink(&self) -> MutexGuard<'_, Option<UplinkHandle>> {
         self.uplink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn uplink_refused(&self) -> MutexGuard<'_, Option<String>> {
+        self.uplink_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// One line for `systemctl status`.

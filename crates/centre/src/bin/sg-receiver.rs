@@ -6,8 +6,10 @@
 use clap::Parser;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use storeguard_centre::{ReceiverOpts, run};
+use storeguard_centre::{CENTRE_KEY_FILE, CENTRE_PUB_FILE, ReceiverOpts, run};
+use storeguard_proto::DeviceKey;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +24,11 @@ struct Args {
     /// Output directory: alerts.jsonl, health.jsonl, clips/, trust/.
     #[arg(long)]
     out: PathBuf,
+    /// Directory of the receipt-signing key (`centre_ed25519.key`, raw 32-byte seed, mode
+    /// 0600; created if missing). Boxes trust `centre_ed25519.pub` in
+    /// `trust.control_centre_keys`.
+    #[arg(long, value_name = "DIR")]
+    key_dir: PathBuf,
     /// MQTT client id; the session is persistent, so keep it stable.
     #[arg(long, default_value = "sg-receiver")]
     client_id: String,
@@ -68,6 +75,20 @@ fn main() -> std::process::ExitCode {
     opts.tls.key = a.tls_key;
     opts.pubkeys = pubkeys;
     opts.max_backoff = a.max_backoff;
+    match DeviceKey::load_or_create_named(&a.key_dir, CENTRE_KEY_FILE, CENTRE_PUB_FILE) {
+        Ok(k) => {
+            tracing::info!(key_id = %k.key_id(), public_key = %k.public_key_b64(), "receipt signing key");
+            opts.signing_key = Some(Arc::new(k));
+        }
+        Err(e) => {
+            eprintln!(
+                "sg-receiver: --key-dir {}: {}",
+                a.key_dir.display(),
+                storeguard_base::error::chain(&e)
+            );
+            return std::process::ExitCode::from(78);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -113,6 +113,18 @@ enum EvidenceCmd {
         /// Expected device public key (base64), e.g. from the control centre's records.
         #[arg(long)]
         pubkey: Option<String>,
+        /// Expected control-centre public key (base64) for the clip's receipt
+        /// (CLIP.receipt.json, if present); default: the key the receipt names.
+        #[arg(long)]
+        centre_key: Option<String>,
+    },
+    /// Copy a sealed clip from the daemon with its manifest and, once the control centre
+    /// confirmed it, its signed receipt; then verify the copy.
+    Get {
+        /// The clip id (from `storeguard events`).
+        clip: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -217,20 +229,20 @@ pub fn dispatch(args: Args) -> Result<u8> {
             clip,
             manifest,
             pubkey,
-        }) => match storeguard::evidence::verify(clip, manifest.as_deref(), pubkey.as_deref()) {
-            Ok(r) => {
-                print!("{}", output::verified(clip, &r));
-                Ok(exit::OK)
-            }
-            Err(e) => Err(exit::coded(
-                exit::DATAERR,
-                format!(
-                    "verification FAILED for {}: {}",
-                    clip.display(),
-                    storeguard_base::error::chain(&e)
-                ),
-            )),
-        },
+            centre_key,
+        }) => {
+            print!(
+                "{}",
+                verify_evidence(
+                    clip,
+                    manifest.as_deref(),
+                    pubkey.as_deref(),
+                    centre_key.as_deref()
+                )?
+            );
+            Ok(exit::OK)
+        }
+        Cmd::Evidence(EvidenceCmd::Get { clip, out }) => evidence_get(&args, clip, out),
         Cmd::Config(ConfigCmd::Show) => {
             let loaded = Config::load(&args.config)?;
             println!("# {} (version {})", loaded.path.display(), loaded.version);
@@ -256,6 +268,66 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The manifest check, then the receipt beside the clip if there is one. Any failure is
+/// exit 65 with what did not match.
+fn verify_evidence(
+    clip: &Path,
+    manifest: Option<&Path>,
+    pubkey: Option<&str>,
+    centre_key: Option<&str>,
+) -> Result<String> {
+    let failed = |e: &dyn std::error::Error| {
+        exit::coded(
+            exit::DATAERR,
+            format!(
+                "verification FAILED for {}: {}",
+                clip.display(),
+                storeguard_base::error::chain(e)
+            ),
+        )
+    };
+    let r = storeguard::evidence::verify(clip, manifest, pubkey).map_err(|e| failed(&e))?;
+    let mut text = output::verified(clip, &r);
+    let receipt = storeguard_proto::receipt::receipt_path(clip);
+    match std::fs::read(&receipt) {
+        Ok(bytes) => {
+            let rep = storeguard_proto::receipt::check_kept(&bytes, &r.manifest, centre_key)
+                .map_err(|e| failed(&e))?;
+            text.push_str(&output::receipt(&receipt, &rep));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            text.push_str("    receipt    none (not yet confirmed by the control centre)\n");
+        }
+        Err(e) => {
+            return Err(exit::coded(
+                exit::DATAERR,
+                format!("read {}: {e}", receipt.display()),
+            ));
+        }
+    }
+    Ok(text)
+}
+
+fn evidence_get(args: &Args, uid: &str, out: &Path) -> Result<u8> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| exit::coded(exit::CANTCREAT, format!("{}: {e}", out.display())))?;
+    let client = args.client();
+    let clip_path = out.join(format!("{uid}.mp4"));
+    client.download(&format!("/v1/evidence/{uid}/clip"), &clip_path)?;
+    client.download(
+        &format!("/v1/evidence/{uid}/manifest"),
+        &storeguard::evidence::sidecar_path(&clip_path),
+    )?;
+    let receipt = storeguard_proto::receipt::receipt_path(&clip_path);
+    match client.download(&format!("/v1/evidence/{uid}/receipt"), &receipt) {
+        Ok(_) => {}
+        Err(e) if exit::code_of(&e) == exit::DATAERR => {}
+        Err(e) => return Err(e),
+    }
+    print!("{}", verify_evidence(&clip_path, None, None, None)?);
+    Ok(exit::OK)
 }
 
 fn export(args: &Args, camera: &str, from: &str, to: &str, out: &Path) -> Result<u8> {

@@ -197,12 +197,34 @@ pub fn events(v: &Value) -> String {
                     .map(|e| format!("  error: {e}"))
                     .unwrap_or_default()
             );
+            if let Some(r) = c["receipt"].as_object() {
+                let _ = writeln!(
+                    o,
+                    "      confirmed by the control centre at {} (receipt signed by key {})",
+                    local_time(r["at"].as_str().unwrap_or("")),
+                    r["key_id"].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     if o.is_empty() {
         o.push_str("no events\n");
     }
     o
+}
+
+pub fn receipt(path: &std::path::Path, r: &storeguard_proto::receipt::ReceiptReport) -> String {
+    format!(
+        "    receipt    {}: the control centre confirmed these bytes at {} (signed by key {} {})\n",
+        path.display(),
+        r.ack.at,
+        r.key_id,
+        if r.key_pinned {
+            "matching --centre-key"
+        } else {
+            "named in the receipt; pass --centre-key to also check WHO signed"
+        }
+    )
 }
 
 pub fn verified(clip: &std::path::Path, r: &storeguard::evidence::VerifyReport) -> String {

@@ -90,6 +90,7 @@ async fn reload_inner(st: &Arc<State>) -> Result<ReloadOutcome, CmdError> {
     // files); then nothing else has changed yet.
     if differs(&old.config.uplink, &new.config.uplink)
         || differs(&old.config.site, &new.config.site)
+        || differs(&old.config.trust, &new.config.trust)
     {
         let s = st.clone();
         let cfg = new.config.clone();
@@ -134,6 +135,7 @@ fn restart_uplink(st: &State, cfg: &Config, prev: &Config) -> Result<(), CmdErro
     }
     match Uplink::start(st.store.clone(), cfg) {
         Ok(u) => {
+            *st.uplink_refused() = None;
             tracing::info!(broker = %cfg.uplink.as_ref().map(|u| u.broker.as_str()).unwrap_or(""), "uplink restarted with the new config");
             *slot = Some(u);
             Ok(())

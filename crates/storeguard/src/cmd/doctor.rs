@@ -133,6 +133,49 @@ fn checks(s: &State) -> Vec<Check> {
             format!("{depth} queued, oldest {age} s"),
         );
     }
+    let cfg = s.config().config;
+    let trusted: Vec<String> = cfg.trust.keys().ids().map(str::to_string).collect();
+    match (s.uplink().as_ref(), s.uplink_refused().clone()) {
+        (Some(u), _) => {
+            let v = u.status();
+            let connected = v["connected"].as_bool().unwrap_or(false);
+            let rejected = v["inbound"]["rejected"].as_u64().unwrap_or(0);
+            add(
+                if !connected {
+                    "fail"
+                } else if rejected > 0 {
+                    "warn"
+                } else {
+                    "ok"
+                },
+                "uplink",
+                format!(
+                    "{} {}{}; trusted control-centre keys: {}; inbound messages refused: {rejected}{}",
+                    v["broker"].as_str().unwrap_or("?"),
+                    if connected {
+                        "connected"
+                    } else {
+                        "not connected"
+                    },
+                    v["last_error"]
+                        .as_str()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default(),
+                    trusted.join(", "),
+                    v["inbound"]["last_rejected"]
+                        .as_str()
+                        .map(|e| format!(" (last: {e})"))
+                        .unwrap_or_default(),
+                ),
+            )
+        }
+        (None, Some(why)) => add("fail", "uplink", format!("not started: {why}")),
+        (None, None) => add(
+            "warn",
+            "uplink",
+            "no [uplink] configured: alerts and evidence stay on this box".into(),
+        ),
+    }
     let key = &s.incidents.key;
     add(
         "ok",

@@ -44,7 +44,15 @@ impl Events {
                     .clips_of_event(e.id)
                     .map_err(CmdError::internal)?
                     .into_iter()
-                    .map(|c| json!({ "id": c.uid, "camera": c.camera, "state": c.state, "path": c.path, "sha256": c.sha256, "error": c.error }))
+                    .map(|c| {
+                        // The receipt itself (verbatim, signed) for whoever must prove delivery.
+                        let receipt = c.receipt.as_ref().map(|r| json!({
+                            "key_id": c.receipt_key,
+                            "at": c.acked_ns.map(utc_ms),
+                            "signed": serde_json::from_str::<serde_json::Value>(r).unwrap_or_else(|_| json!(r)),
+                        }));
+                        json!({ "id": c.uid, "camera": c.camera, "state": c.state, "path": c.path, "sha256": c.sha256, "error": c.error, "receipt": receipt })
+                    })
                     .collect();
                 out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc_ms(e.at_ns), "test": e.test, "detail": e.detail, "clips": clips }));
             }

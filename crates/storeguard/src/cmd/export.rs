@@ -81,6 +81,8 @@ impl ClipExport {
 pub enum Part {
     Clip,
     Manifest,
+    /// The control centre's signed receipt, once it confirmed the clip.
+    Receipt,
 }
 
 /// A sealed clip's MP4 or its manifest.
@@ -111,6 +113,16 @@ impl EvidenceFile {
             Part::Clip => Reply::File(path, "video/mp4"),
             Part::Manifest => {
                 Reply::File(storeguard_proto::sidecar_path(&path), "application/json")
+            }
+            Part::Receipt => {
+                let receipt = storeguard_proto::receipt::receipt_path(&path);
+                if clip.receipt.is_none() || !receipt.exists() {
+                    return Err(CmdError::NotFound(format!(
+                        "clip {} has no receipt: it is {}, not yet confirmed by the control centre",
+                        self.clip, clip.state
+                    )));
+                }
+                Reply::File(receipt, "application/json")
             }
         })
     }

@@ -13,10 +13,16 @@ impl Status {
         let s = st.clone();
         // Both are queries: off the async workers like every store call.
         let (schema, uplink) = blocking(move || {
-            let uplink = s.uplink().as_ref().map(|u| {
-                let v = u.status();
-                json!({ "broker": v["broker"], "connected": v["connected"], "last_error": v["last_error"] })
-            });
+            let uplink = match (s.uplink().as_ref(), s.uplink_refused().clone()) {
+                (Some(u), _) => {
+                    let v = u.status();
+                    Some(
+                        json!({ "broker": v["broker"], "connected": v["connected"], "last_error": v["last_error"], "inbound_rejected": v["inbound"]["rejected"] }),
+                    )
+                }
+                (None, Some(why)) => Some(json!({ "running": false, "refused": why })),
+                (None, None) => None,
+            };
             Ok((s.store.schema_version().unwrap_or(-1), uplink))
         })
         .await?;

@@ -34,6 +34,25 @@ pub struct Config {
     pub buttons: Vec<Button>,
     #[serde(default)]
     pub uplink: Option<uplink::Uplink>,
+    #[serde(default)]
+    pub trust: Trust,
+}
+
+/// Whom the box believes: the control centre's Ed25519 public keys. Every signed message
+/// from upstream (clip receipts; desired config and commands) is checked against these.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    /// Standard base64 of each 32-byte public key (as in the centre's `.pub` file).
+    #[serde(default)]
+    pub control_centre_keys: Vec<String>,
+}
+
+impl Trust {
+    /// The parsed keys; empty if any is bad (validation reports which).
+    pub fn keys(&self) -> storeguard_proto::trust::TrustedKeys {
+        storeguard_proto::trust::TrustedKeys::parse(&self.control_centre_keys).unwrap_or_default()
+    }
 }
 
 /// Identifies this box upstream; both ids appear in MQTT topics and evidence manifests.
@@ -582,6 +601,11 @@ impl Config {
         if let Some(u) = &self.uplink {
             u.validate(v);
         }
+        if let Err((i, why)) =
+            storeguard_proto::trust::TrustedKeys::parse(&self.trust.control_centre_keys)
+        {
+            v.err(&format!("trust.control_centre_keys[{i}]"), why);
+        }
     }
 
     pub fn button(&self, name: &str) -> Option<&Button> {
@@ -752,6 +776,18 @@ cameras = ["cam1", "cam2"]
         let shown = c.to_toml_masked();
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains(values::MASK));
+    }
+
+    #[test]
+    fn a_bad_trusted_key_is_named_by_index() {
+        let good = "7WpHo52oabVEYVXkCy2T8ePwFnviZzK656PvnY46P9M=";
+        let text = format!("{GOOD}\n[trust]\ncontrol_centre_keys = [\"{good}\", \"c2hvcnQ=\"]\n");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "trust.control_centre_keys[1]");
+        assert!(p[0].message.contains("expected 32"), "{p:?}");
+        let ok = Config::parse(&text.replace(", \"c2hvcnQ=\"", ""), Path::new("/etc/x")).unwrap();
+        assert_eq!(ok.trust.keys().ids().count(), 1);
     }
 
     #[test]

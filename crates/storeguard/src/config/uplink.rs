@@ -34,6 +34,11 @@ pub struct Uplink {
     /// instead of being sent: a v3.1.1 broker acknowledges and then discards them.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: Bytes,
+    /// The largest message the box takes from the broker (MQTT 5 Maximum Packet Size): the
+    /// broker drops larger ones for this box instead of sending them, so a huge retained
+    /// message on an inbound topic cannot cut the link.
+    #[serde(default = "default_max_inbound_size")]
+    pub max_inbound_size: Bytes,
     /// Evidence upload cap in bytes per second (chunk payloads only; alerts bypass it).
     #[serde(default)]
     pub upload_rate_limit: Option<Bytes>,
@@ -77,6 +82,9 @@ fn default_chunk_size() -> Bytes {
 fn default_max_message_size() -> Bytes {
     Bytes(1 << 20)
 }
+fn default_max_inbound_size() -> Bytes {
+    Bytes(1 << 20)
+}
 fn default_window() -> u16 {
     32
 }
@@ -105,6 +113,7 @@ impl Uplink {
             keepalive: default_keepalive(),
             chunk_size: default_chunk_size(),
             max_message_size: default_max_message_size(),
+            max_inbound_size: default_max_inbound_size(),
             upload_rate_limit: None,
             window: default_window(),
             max_messages: default_max_messages(),
@@ -203,6 +212,15 @@ impl Uplink {
                     format_bytes(chunk),
                     format_bytes(CHUNK_HEADER_RESERVE),
                     format_bytes(max_msg)
+                ),
+            );
+        }
+        if !(4 << 10..=64 << 20).contains(&self.max_inbound_size.0) {
+            v.err(
+                "uplink.max_inbound_size",
+                format!(
+                    "{} is out of range (4KiB to 64MiB)",
+                    format_bytes(self.max_inbound_size.0)
                 ),
             );
         }

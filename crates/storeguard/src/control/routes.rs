@@ -103,7 +103,8 @@ fn parse(req: &Request) -> Result<Command, Response> {
             let part = match *what {
                 "clip" => cmd::export::Part::Clip,
                 "manifest" => cmd::export::Part::Manifest,
-                _ => return Err(Response::error(404, "use /clip or /manifest")),
+                "receipt" => cmd::export::Part::Receipt,
+                _ => return Err(Response::error(404, "use /clip, /manifest or /receipt")),
             };
             Command::EvidenceFile(cmd::export::EvidenceFile {
                 clip: uid.to_string(),

@@ -104,7 +104,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         clips_changed: tokio::sync::Notify::new(),
         outbox_changed: tokio::sync::Notify::new(),
     });
-    let uplink = start_uplink(&store, &cfg)?;
+    let (uplink, uplink_refused) = start_uplink(&store, &cfg)?;
     let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
     let buttons = Buttons::start(&cfg.buttons, sig_tx.clone());
 
@@ -115,6 +115,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         buttons: std::sync::Mutex::new(buttons),
         signal_tx: sig_tx,
         uplink: std::sync::Mutex::new(uplink),
+        uplink_refused: std::sync::Mutex::new(uplink_refused),
         cameras,
         started: Instant::now(),
         started_utc: Utc::now(),
@@ -248,17 +249,26 @@ async fn wait_for_stop(state: &Arc<State>, signals: Signals) {
     });
 }
 
-fn start_uplink(store: &Store, cfg: &Config) -> Result<Option<UplinkHandle>> {
+/// The uplink, or why it is not running. Without a trusted control-centre key the box goes
+/// on recording and alarming locally (everything waits in the outbox); other uplink
+/// problems are config errors.
+fn start_uplink(store: &Store, cfg: &Config) -> Result<(Option<UplinkHandle>, Option<String>)> {
     if cfg.uplink.is_none() {
         tracing::warn!("no [uplink] in the config: alerts and evidence stay on this box");
-        return Ok(None);
+        return Ok((None, None));
     }
-    Uplink::start(store.clone(), cfg).map(Some).map_err(|e| {
-        coded(
+    match Uplink::start(store.clone(), cfg) {
+        Ok(u) => Ok((Some(u), None)),
+        Err(e @ UplinkError::NoTrustedKeys) => {
+            let why = e.to_string();
+            tracing::error!("uplink not started: {why}");
+            Ok((None, Some(why)))
+        }
+        Err(e) => Err(coded(
             uplink_exit_code(&e),
             format!("uplink: {}", storeguard_base::error::chain(&e)),
-        )
-    })
+        )),
+    }
 }
 
 /// A thread that cannot start is the machine's problem, not the config's: 78 would tell

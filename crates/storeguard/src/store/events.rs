@@ -1,7 +1,7 @@
 //! Events (button presses, faults), evidence clip jobs and the export audit trail.
 
 use super::outbox::{Class, enqueue_tx};
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -30,6 +30,10 @@ pub struct ClipRow {
     pub bytes: Option<i64>,
     pub lock_id: Option<i64>,
     pub error: Option<String>,
+    /// The control centre's signed receipt (its payload, verbatim) once accepted.
+    pub receipt: Option<String>,
+    pub receipt_key: Option<String>,
+    pub acked_ns: Option<i64>,
 }
 
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
@@ -45,8 +49,8 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
-const CLIP_COLS: &str =
-    "id, uid, event, camera, from_ns, to_ns, state, path, sha256, bytes, lock_id, error";
+const CLIP_COLS: &str = "id, uid, event, camera, from_ns, to_ns, state, path, sha256, bytes, lock_id, error, \
+     receipt, receipt_key, acked_ns";
 
 fn clip_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClipRow> {
     Ok(ClipRow {
@@ -62,6 +66,9 @@ fn clip_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClipRow> {
         bytes: r.get(9)?,
         lock_id: r.get(10)?,
         error: r.get(11)?,
+        receipt: r.get(12)?,
+        receipt_key: r.get(13)?,
+        acked_ns: r.get(14)?,
     })
 }
 
@@ -240,7 +247,27 @@ impl Store {
     }
 
     /// The control centre confirmed receipt: the clip may now age out.
-    pub fn ack_clip(&self, uid: &str, now_ns: i64) -> Result<bool> {
+    /// Accepts the control centre's receipt for a sealed clip: keeps the receipt (next to
+    /// the clip as `{clip}.receipt.json`, then in the row and the audit trail) and releases
+    /// the retention lock, in that order, so a released clip always has its proof.
+    /// False when the clip is not (or no longer) waiting for a receipt.
+    pub fn ack_clip(&self, uid: &str, now_ns: i64, receipt: &[u8], key_id: &str) -> Result<bool> {
+        let Some(row) = self.clip(uid)? else {
+            return Ok(false);
+        };
+        if row.state != "sealed" {
+            return Ok(false);
+        }
+        if let Some(rel) = &row.path {
+            let side = receipt_path(&self.data_dir().join(rel));
+            storeguard_base::fs::write_atomic(&side, receipt, 0o644).map_err(|source| {
+                StoreError::File {
+                    path: side.clone(),
+                    source,
+                }
+            })?;
+        }
+        let text = String::from_utf8_lossy(receipt).into_owned();
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
@@ -253,12 +280,19 @@ impl Store {
                 .optional()?;
             let Some(lock) = lock else { return Ok(false) };
             tx.execute(
-                "UPDATE clip SET state = 'acked', acked_ns = ?2 WHERE uid = ?1",
-                params![uid, now_ns],
+                "UPDATE clip SET state = 'acked', acked_ns = ?2, receipt = ?3, receipt_key = ?4 \
+                 WHERE uid = ?1",
+                params![uid, now_ns, text, key_id],
             )?;
             if let Some(l) = lock {
                 tx.execute("DELETE FROM retention_lock WHERE id = ?1", [l])?;
             }
+            let detail = serde_json::json!({ "key_id": key_id, "receipt": text }).to_string();
+            tx.execute(
+                "INSERT INTO audit(at_ns, uid, pid, action, target, detail) \
+                 VALUES (?1, NULL, NULL, 'clip_receipt', ?2, ?3)",
+                params![now_ns, uid, detail],
+            )?;
             tx.commit()?;
             Ok(true)
         })();
@@ -298,3 +332,5 @@ impl Store {
         self.sq(rows)
     }
 }
+
+pub use storeguard_proto::receipt::receipt_path;

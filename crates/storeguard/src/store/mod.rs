@@ -45,6 +45,11 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error("evidence file {path}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database {path}")]
     Sqlite {
         path: PathBuf,

@@ -132,6 +132,9 @@ const MIGRATIONS: &[&str] = &[
         rejected_ns INTEGER NOT NULL,
         reason TEXT NOT NULL
      ) STRICT;",
+    // 5: the control centre's signed receipt for a clip (the exact payload), once accepted.
+    "ALTER TABLE clip ADD COLUMN receipt TEXT;
+     ALTER TABLE clip ADD COLUMN receipt_key TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

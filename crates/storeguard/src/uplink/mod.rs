@@ -15,7 +15,7 @@ pub use storeguard_proto::{session, topics};
 mod upload;
 
 use crate::config::Config;
-use crate::config::uplink::{BrokerUrl, CHUNK_HEADER_RESERVE, parse_broker_url};
+use crate::config::uplink::{BrokerUrl, parse_broker_url};
 use crate::store::Store;
 use crate::store::outbox::Limits;
 use sender::{Cmd, Link};
@@ -25,10 +25,15 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use storeguard_proto::trust::TrustedKeys;
 use tokio::sync::{Notify, mpsc};
 
 pub use session::TlsSetupError;
 pub use upload::CHUNK_WINDOW;
+
+/// Unacknowledged inbound messages the broker may have out to the box at once: a flood of
+/// retained messages arrives a few at a time, each handled before the next.
+const INBOUND_RECEIVE_MAX: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -38,6 +43,14 @@ pub enum UplinkError {
     BrokerUrl(String),
     #[error("uplink.tls")]
     Tls(#[from] TlsSetupError),
+    /// No silent fallback to unsigned receipts: without a trusted key a forged ack could
+    /// release evidence, so the uplink does not start at all.
+    #[error(
+        "trust.control_centre_keys is empty: the uplink needs at least one control-centre \
+         public key to check clip receipts against; add it under [trust] in the config \
+         (recording and alarms go on, and the outbox keeps everything until then)"
+    )]
+    NoTrustedKeys,
     #[error("starting the uplink thread")]
     Thread(#[source] std::io::Error),
 }
@@ -57,6 +70,8 @@ pub(crate) struct Settings {
     pub rate_limit: Option<u64>,
     pub limits: Limits,
     pub ack_timeout: Duration,
+    pub trusted: TrustedKeys,
+    pub max_inbound: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +100,10 @@ pub(crate) struct Shared {
     pub chunks_published: u64,
     pub chunk_bytes_published: u64,
     pub clips_verified: u64,
+    /// Inbound messages ignored (bad topic, forged or mismatched receipts, ...).
+    pub inbound_rejected: u64,
+    pub inbound_last_rejected: Option<String>,
+    pub receipts_rejected: u64,
     pub upload: Option<UploadStatus>,
     /// Enqueue-to-PUBACK latencies of the latest outbox messages, in µs.
     pub latencies_us: VecDeque<u64>,
@@ -110,6 +129,10 @@ impl Uplink {
     pub fn start(store: Store, cfg: &Config) -> Result<UplinkHandle, UplinkError> {
         let u = cfg.uplink.as_ref().ok_or(UplinkError::NotConfigured)?;
         let broker = parse_broker_url(&u.broker).map_err(UplinkError::BrokerUrl)?;
+        let trusted = cfg.trust.keys();
+        if trusted.is_empty() {
+            return Err(UplinkError::NoTrustedKeys);
+        }
         let (site, device) = (cfg.site.site_id.clone(), cfg.site.device_id.clone());
         let prefix = topics::prefix(&site, &device);
         let window = u.window.max(1) as usize;
@@ -139,10 +162,11 @@ impl Uplink {
                 })
                 .unwrap_or_default(),
             keepalive: u.keepalive.0,
-            clean_session: true,
-            max_incoming: (max_message as usize).max(1 << 20),
-            // Topic and MQTT header on top of the largest payload we let through.
-            max_outgoing: max_message as usize + CHUNK_HEADER_RESERVE as usize + 4096,
+            persistent: false,
+            // What the box takes in is small (receipts; later config and commands): the
+            // broker drops anything larger instead of cutting the link with it.
+            max_packet: u.max_inbound_size.0.min(u32::MAX as u64) as u32,
+            receive_max: INBOUND_RECEIVE_MAX,
             inflight,
             will: Some((
                 format!("{prefix}{}", topics::STATUS),
@@ -163,6 +187,8 @@ impl Uplink {
             rate_limit: u.upload_rate_limit.map(|b| b.0),
             limits: outbox_limits(cfg),
             ack_timeout: u.ack_timeout.0,
+            trusted,
+            max_inbound: u.max_inbound_size.0,
         });
         let shared = Arc::new(Mutex::new(Shared::default()));
         let wake = Arc::new(Notify::new());
@@ -272,6 +298,13 @@ impl UplinkHandle {
             "chunks_published": sh.chunks_published,
             "chunk_bytes_published": sh.chunk_bytes_published,
             "clips_verified": sh.clips_verified,
+            "inbound": {
+                "rejected": sh.inbound_rejected,
+                "receipts_rejected": sh.receipts_rejected,
+                "last_rejected": sh.inbound_last_rejected,
+                "max_packet": s.max_inbound,
+            },
+            "trusted_keys": s.trusted.ids().collect::<Vec<_>>(),
             "upload_rate_limit": s.rate_limit,
             "latency_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0), "samples": lat.len() },
         });

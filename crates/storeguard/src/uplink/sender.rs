@@ -14,11 +14,15 @@ use super::{Settings, Shared};
 use crate::store::Store;
 use crate::store::outbox::{Class, OutMsg};
 use crate::store::upload::UploadState;
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use storeguard_proto::session::PumpMsg;
+use storeguard_proto::receipt::{self, ReceiptError, Sealed};
+use storeguard_proto::session::{PumpMsg, topic_str};
 use storeguard_proto::topics::{self, AckStatus, ClipAck, Kind, Status};
 use storeguard_proto::{Manifest, sidecar_path};
 use tokio::sync::{Notify, mpsc};
@@ -32,6 +36,9 @@ const LATENCY_SAMPLES: usize = 4096;
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
 /// Payload bytes read ahead from the outbox at most (plus one message).
 const CACHE_BYTES: u64 = 1 << 20;
+/// At most one security health event upstream per this period (the rest are counted in it):
+/// a stranger flooding forged receipts must not flood the outbox too.
+const SECURITY_EVENT_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) enum Cmd {
     Shutdown(std::sync::mpsc::Sender<()>),
@@ -92,6 +99,8 @@ pub(crate) struct Link {
     flush_due: Option<Instant>,
     offline_acked: bool,
     next_tick: Instant,
+    last_security_event: Option<Instant>,
+    security_suppressed: u64,
 }
 
 fn manifest_clip(rel_topic: &str) -> Option<&str> {
@@ -133,6 +142,8 @@ impl Link {
             flush_due: None,
             offline_acked: false,
             next_tick: Instant::now() + TICK,
+            last_security_event: None,
+            security_suppressed: 0,
         }
     }
 
@@ -197,7 +208,7 @@ impl Link {
 
     fn on_msg(&mut self, msg: PumpMsg) {
         match msg {
-            PumpMsg::Event(ev) => self.on_event(ev),
+            PumpMsg::Event(ev) => self.on_event(*ev),
             PumpMsg::Down { error, resume } => {
                 self.on_down(error);
                 let _ = resume.send(());
@@ -219,11 +230,29 @@ impl Link {
                 ),
             },
             Event::Incoming(Packet::PubAck(ack)) => match self.by_pkid.remove(&ack.pkid) {
-                Some(slot) => self.on_ack(slot),
+                // "No matching subscribers" is still the broker taking the message.
+                Some(slot)
+                    if matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) =>
+                {
+                    self.on_ack(slot)
+                }
+                Some(slot) => {
+                    let why = match ack.properties.and_then(|p| p.reason_string) {
+                        Some(r) => format!("broker refused it: {:?} ({r})", ack.reason),
+                        None => format!("broker refused it: {:?}", ack.reason),
+                    };
+                    self.on_refused(slot, why);
+                }
                 None => tracing::debug!(pkid = ack.pkid, "uplink: PUBACK for an unknown packet id"),
             },
             Event::Incoming(Packet::Publish(p)) => {
-                self.on_incoming(&p.topic, &p.payload);
+                match topic_str(&p) {
+                    Ok(topic) => self.on_incoming(topic, &p.payload),
+                    Err(e) => self.inbound_refused("?", &e),
+                }
                 if let Err(e) = self.client.try_ack(&p) {
                     tracing::debug!("uplink: could not queue PUBACK: {e}");
                 }
@@ -231,10 +260,11 @@ impl Link {
             Event::Incoming(Packet::SubAck(s))
                 if s.return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+                    .any(|c| !matches!(c, SubscribeReasonCode::Success(_))) =>
             {
                 tracing::error!(
                     topic = %self.ack_filter(),
+                    codes = ?s.return_codes,
                     "uplink: the broker refused the subscription to clip acknowledgements; clips cannot be confirmed (check the broker ACL)"
                 );
                 self.set_error("broker refused the subscription to evidence/+/ack".into());
@@ -328,6 +358,38 @@ impl Link {
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A PUBACK with an error reason (MQTT 5): the broker will not take this message, and
+    /// sending it again would be refused again. Rows are set aside (kept, visible in
+    /// `outbox`), an upload fails (its clip stays locked), control messages are logged.
+    fn on_refused(&mut self, slot: Slot, why: String) {
+        match slot {
+            Slot::Row { id, .. } => {
+                self.rows_in_flight.remove(&id);
+                let reason = format!("outbox message {id}: {why}");
+                tracing::error!("uplink: {reason}; kept in outbox_rejected");
+                if let Err(e) = self.store.outbox_reject(id, &reason, topics::now_ns()) {
+                    tracing::error!("uplink: setting message {id} aside: {e}");
+                }
+                self.cache_stale = true;
+                let mut sh = self.shared();
+                sh.rejected += 1;
+                sh.last_rejected = Some(reason);
+            }
+            Slot::Chunk { clip, .. } => {
+                self.chunks_in_flight = self.chunks_in_flight.saturating_sub(1);
+                if self.active.as_ref().is_some_and(|a| a.clip == clip) {
+                    self.fail_active(format!("a chunk: {why}"));
+                }
+            }
+            Slot::Control { offline } => {
+                tracing::warn!("uplink: status/ack message: {why}");
+                if offline {
+                    self.offline_acked = true;
+                }
+            }
+        }
     }
 
     fn on_ack(&mut self, slot: Slot) {
@@ -736,37 +798,77 @@ impl Link {
         self.set_error(format!("clip {clip}: {error}"));
     }
 
+    /// Everything the broker sends the box. Nothing here may end the session: whatever
+    /// cannot be used is counted, logged and (if retained) cleared.
     fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
         let Some(p) = topics::parse(topic) else {
-            return;
+            return self.inbound_refused(topic, "not a storeguard/v1 topic");
         };
+        if p.site != self.s.site || p.device != self.s.device {
+            return self.inbound_refused(topic, "addressed to another box");
+        }
         let Kind::ClipAck(clip) = p.kind else {
-            return;
+            return self.inbound_refused(topic, "not a topic this box takes messages on");
         };
-        if p.site != self.s.site || p.device != self.s.device || payload.is_empty() {
+        // Our own clearing of a retained ack comes back as an empty message.
+        if payload.is_empty() {
             return;
         }
         let clip = clip.to_string();
-        let ack: ClipAck = match serde_json::from_slice(payload) {
-            Ok(a) => a,
+        let row = match self.store.clip(&clip) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(clip = %clip, "uplink: unreadable clip acknowledgement: {e}");
-                self.clear_ack(&clip);
+                // Keep the retained ack: it comes again on the next connection.
+                tracing::error!(clip = %clip, "uplink: looking up the clip of a receipt: {e}");
                 return;
             }
         };
+        if row.as_ref().is_some_and(|r| r.state == "acked") {
+            tracing::debug!(clip = %clip, "receipt for a clip already confirmed");
+            return self.clear_ack(&clip);
+        }
+        let sealed = row.as_ref().filter(|r| r.state == "sealed").map(|r| {
+            (
+                r.bytes.unwrap_or(-1).max(0) as u64,
+                r.sha256.clone().unwrap_or_default(),
+                self.manifest_signature(r.path.as_deref()),
+            )
+        });
+        let expected = sealed.as_ref().map(|(bytes, sha, sig)| Sealed {
+            site: &self.s.site,
+            device: &self.s.device,
+            clip: &clip,
+            bytes: *bytes,
+            sha256: sha,
+            manifest_signature: sig.as_deref().unwrap_or("(unreadable manifest)"),
+        });
+        let accepted = match receipt::check(
+            payload,
+            &self.s.trusted,
+            &self.s.site,
+            &self.s.device,
+            &clip,
+            expected.as_ref(),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                self.receipt_rejected(&clip, &e);
+                return self.clear_ack(&clip);
+            }
+        };
+        let (ack, key_id) = (accepted.ack, accepted.key_id);
         let now = topics::now_ns();
         match ack.status {
             AckStatus::Verified => {
-                match self.store.ack_clip(&clip, now) {
+                match self.store.ack_clip(&clip, now, payload, &key_id) {
                     Ok(true) => {
-                        tracing::info!(clip = %clip, "receiver verified the clip; retention lock released");
+                        tracing::info!(clip = %clip, key = %key_id, "control centre's signed receipt accepted; retention lock released");
                         self.shared().clips_verified += 1;
                     }
                     Ok(false) => tracing::debug!(clip = %clip, "clip already acknowledged"),
                     // Keep the retained ack: it comes again on the next connection.
                     Err(e) => {
-                        tracing::error!(clip = %clip, "uplink: releasing the clip: {e}");
+                        tracing::error!(clip = %clip, "uplink: keeping the receipt: {e}");
                         return;
                     }
                 }
@@ -807,6 +909,55 @@ impl Link {
             }
         }
         self.clear_ack(&clip);
+    }
+
+    /// The seal's identity: the signature value in the clip's manifest sidecar.
+    fn manifest_signature(&self, rel: Option<&str>) -> Option<String> {
+        let side = sidecar_path(&self.s.data_dir.join(rel?));
+        let m: Manifest = serde_json::from_slice(&std::fs::read(&side).ok()?).ok()?;
+        m.signature.map(|s| s.value)
+    }
+
+    /// Counts and logs an inbound message the box cannot use.
+    fn inbound_refused(&mut self, topic: &str, why: &str) {
+        tracing::warn!(topic, "uplink: inbound message ignored: {why}");
+        let mut sh = self.shared();
+        sh.inbound_rejected += 1;
+        sh.inbound_last_rejected = Some(format!("{topic}: {why}"));
+    }
+
+    /// A receipt that does not prove delivery: the lock stays. Logged, counted, and sent
+    /// upstream as a security health event (at most one per period, with the count).
+    fn receipt_rejected(&mut self, clip: &str, e: &ReceiptError) {
+        tracing::warn!(clip = %clip, "uplink: clip receipt REJECTED, retention lock kept: {e}");
+        {
+            let mut sh = self.shared();
+            sh.inbound_rejected += 1;
+            sh.receipts_rejected += 1;
+            sh.inbound_last_rejected = Some(format!("receipt for clip {clip}: {e}"));
+        }
+        let now = Instant::now();
+        if self
+            .last_security_event
+            .is_some_and(|t| now.duration_since(t) < SECURITY_EVENT_EVERY)
+        {
+            self.security_suppressed += 1;
+            return;
+        }
+        self.last_security_event = Some(now);
+        let more = std::mem::take(&mut self.security_suppressed);
+        let detail = if more > 0 {
+            format!("clip {clip}: {e} (and {more} more rejected receipts since the last report)")
+        } else {
+            format!("clip {clip}: {e}")
+        };
+        match self
+            .store
+            .health_event(topics::now_ns(), "receipt_rejected", None, &detail)
+        {
+            Ok(_) => self.cache_stale = true,
+            Err(e) => tracing::error!("uplink: recording the rejected receipt: {e}"),
+        }
     }
 
     fn on_incomplete(&mut self, clip: &str, ack: &ClipAck, now: i64) {
@@ -931,7 +1082,11 @@ impl Link {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Some(PumpMsg::Event(Event::Outgoing(Outgoing::Disconnect)))) => break,
+                    Ok(Some(PumpMsg::Event(ev)))
+                        if matches!(*ev, Event::Outgoing(Outgoing::Disconnect)) =>
+                    {
+                        break;
+                    }
                     Ok(Some(m @ PumpMsg::Down { .. })) => {
                         self.on_msg(m);
                         break;

@@ -7,7 +7,6 @@
 //! `cargo test --release --test it -- --ignored --nocapture --test-threads 1 bench_`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -828,38 +827,21 @@ fn press_seals_a_verifiable_clip_and_export_is_audited() {
 /// Runs the shell recipe from docs/evidence.md (coreutils + OpenSSL, no storeguard) on a
 /// clip in `dir`; returns whether it accepted it. `None` without openssl.
 fn doc_recipe_accepts(dir: &Path, clip: &Path, pubkey: &str) -> Option<bool> {
-    if Command::new("openssl").arg("version").output().is_err() {
-        skip(
-            "docs/evidence.md openssl recipe",
-            "openssl is not installed",
-        );
-        return None;
-    }
-    let doc = std::fs::read_to_string(repo_root().join("docs/evidence.md")).unwrap();
-    let block = doc
-        .split_once("<!-- verify-recipe -->")
-        .and_then(|(_, rest)| rest.split_once("```sh\n"))
-        .and_then(|(_, rest)| rest.split_once("```"))
-        .map(|(script, _)| script.to_string())
-        .expect("docs/evidence.md has the verify recipe");
-    let out = Command::new("bash")
-        .args(["-c", &block])
-        .env("CLIP", clip)
-        .env("M", storeguard::evidence::sidecar_path(clip))
-        .env("PUBKEY", pubkey)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("recipe on {}: {text}", clip.display());
-    if out.status.success() {
+    let m = storeguard::evidence::sidecar_path(clip);
+    let (ok, text) = storeguard_fixtures::harness::run_doc_recipe(
+        "evidence.md",
+        "verify-recipe",
+        dir,
+        &[
+            ("CLIP", clip.as_os_str()),
+            ("M", m.as_os_str()),
+            ("PUBKEY", std::ffi::OsStr::new(pubkey)),
+        ],
+    )?;
+    if ok {
         assert!(text.contains("Signature Verified Successfully"), "{text}");
     }
-    Some(out.status.success())
+    Some(ok)
 }
 
 /// The camera drops out for ~3 s inside the window: the clip still plays across the

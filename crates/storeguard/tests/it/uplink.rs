@@ -22,6 +22,7 @@ use storeguard::store::outbox::{Class, Limits};
 use storeguard::store::upload::UploadState;
 use storeguard::uplink::{Uplink, UplinkHandle, topics};
 use storeguard_fixtures::broker::{BrokerOpts, BrokerTls, MosquittoBroker};
+use storeguard_fixtures::centre;
 use storeguard_fixtures::harness::{DEADLINE, Site, wait_until_within};
 
 const SITE: &str = "s1";
@@ -85,9 +86,13 @@ impl Rx {
     }
 
     fn start_args(url: &str, out: &Path, extra: &[&str]) -> Rx {
+        let key_dir = out.join("centre-key");
+        centre::write_key_dir(&key_dir).expect("write the centre key");
         let mut child = Command::new(storeguard_fixtures::fixture_bin("sg-receiver"))
             .args(["--broker", url, "--max-backoff", "300ms", "--out"])
             .arg(out)
+            .arg("--key-dir")
+            .arg(&key_dir)
             .args(extra)
             .env("STOREGUARD_LOG", "info")
             .env("NO_COLOR", "1")
@@ -189,8 +194,9 @@ fn assert_unique(ids: &[String]) {
 
 fn device_config(dir: &Path, device: &str, uplink: &str) -> Config {
     let text = format!(
-        "[site]\nsite_id = \"{SITE}\"\ndevice_id = \"{device}\"\n\n[storage]\ndata_dir = \"{}\"\n\n[uplink]\n{uplink}\n",
-        dir.display()
+        "[site]\nsite_id = \"{SITE}\"\ndevice_id = \"{device}\"\n\n[storage]\ndata_dir = \"{}\"\n\n{}\n[uplink]\n{uplink}\n",
+        dir.display(),
+        centre::trust_toml()
     );
     Config::parse(&text, dir).unwrap_or_else(|p| panic!("test config: {p:?}"))
 }
@@ -1143,20 +1149,17 @@ fn full_outbox_drops_telemetry_and_keeps_every_alert() {
 
 // ---------------------------------------------------------------- benchmark
 
+/// `mosquitto_pub` to the local broker at QoS 1.
+fn mosquitto_pub(port: u16) -> Command {
+    let mut c = Command::new("mosquitto_pub");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"]);
+    c
+}
+
 fn mosquitto_pub_rate(port: u16, lines: &str, n: usize) -> f64 {
     let t = Instant::now();
-    let mut p = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-M",
-            "32",
-            "-l",
-        ])
+    let mut p = mosquitto_pub(port)
+        .args(["-M", "32", "-l"])
         .args(["-t", "storeguard/v1/s1/bench-pub/alert"])
         .stdin(Stdio::piped())
         .spawn()
@@ -1365,6 +1368,7 @@ socket = "control.sock"
 [health]
 offline_alert_after = "2s"
 
+{trust}
 [uplink]
 broker = "{broker}"
 max_reconnect_backoff = "300ms"
@@ -1381,7 +1385,8 @@ chip = "sim"
 line = 0
 wiring = "normally-open"
 cameras = ["cam1"]
-"#
+"#,
+        trust = centre::trust_toml()
     )
 }
 
@@ -1471,3 +1476,5 @@ fn daemon_telemetry_obeys_the_configured_outbox_limits() {
         "{queued} telemetry messages queued; uplink.max_messages is 100"
     );
 }
+
+mod receipts;
