@@ -12,6 +12,7 @@
 pub mod frame;
 pub mod geom;
 pub mod model;
+pub mod motion;
 pub mod quality;
 
 #[cfg(test)]
