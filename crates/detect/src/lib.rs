@@ -14,6 +14,7 @@ pub mod geom;
 pub mod model;
 pub mod motion;
 pub mod quality;
+pub mod schedule;
 
 #[cfg(test)]
 mod testutil;
