@@ -15,6 +15,7 @@ pub mod model;
 pub mod motion;
 pub mod quality;
 pub mod schedule;
+pub mod track;
 
 #[cfg(test)]
 mod testutil;
