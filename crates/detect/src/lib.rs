@@ -14,6 +14,7 @@ pub mod geom;
 pub mod model;
 pub mod motion;
 pub mod quality;
+pub mod rules;
 pub mod schedule;
 pub mod track;
 

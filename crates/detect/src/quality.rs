@@ -1,6 +1,6 @@
 //! Cheap image measures on luma: focus, exposure, contrast, and a scene signature.
 //!
-//! They feed best-shot choice ([`crate::track`]) and tamper rules ([`crate::tamper`]), on
+//! They feed best-shot choice (`track`) and tamper rules (`tamper`), on
 //! the small frames motion already uses, so they cost next to nothing per frame.
 
 use crate::frame::{Luma, downscale};
