@@ -15,7 +15,9 @@ pub mod model;
 pub mod motion;
 pub mod quality;
 pub mod rules;
+pub mod sched;
 pub mod schedule;
+pub mod tamper;
 pub mod track;
 
 #[cfg(test)]
