@@ -20,6 +20,7 @@ CRATE_RULES = {
     "storeguard": {"storeguard-base", "storeguard-proto"},
     "storeguard-centre": {"storeguard-base", "storeguard-proto"},
     "storeguard-fixtures": {"storeguard-base"},
+    "storeguard-detect": set(),
 }
 
 # Device crate layers, lowest first: a module may use modules of its own layer's
