@@ -133,7 +133,7 @@ case "$1" in
 configure|abort-upgrade|abort-deconfigure|abort-remove)
     # User storeguard, group gpio (membership) from /usr/lib/sysusers.d/storeguard.conf.
     systemd-sysusers ${DPKG_ROOT:+--root="$DPKG_ROOT"} storeguard.conf
-    # /etc/storeguard root:storeguard 0750, the config 0640, state/log/cache dirs.
+    # /etc/storeguard root:storeguard 0770, the config 0660 (remote config writes it), state/log/cache dirs.
     systemd-tmpfiles ${DPKG_ROOT:+--root="$DPKG_ROOT"} --create storeguard.conf
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true

@@ -34,7 +34,7 @@ DEVICE_LAYERS = [
     {"camera", "evidence", "uplink"},
     {"state"},
     {"cmd"},
-    {"control"},
+    {"control", "remote"},
     {"daemon"},
     {"cli"},
 ]

@@ -53,7 +53,7 @@ APT_PACKAGES=(
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
     gstreamer1.0-plugins-base-apps
     mosquitto mosquitto-clients
-    ffmpeg systemd openssl
+    ffmpeg systemd openssl jq
 )
 if [[ -n ${SETUP_APT_PACKAGES:-} ]]; then
     read -r -a APT_PACKAGES <<<"$SETUP_APT_PACKAGES"

@@ -137,7 +137,7 @@ check "user storeguard (home /var/lib/storeguard, nologin) in group gpio" bash -
 check "directories and config: owner, group, mode" expect_eq \
     "$(cd "$run" && in_root stat -c '%n %U:%G %a' /etc/storeguard /etc/storeguard/storeguard.toml \
         /var/lib/storeguard /var/log/storeguard /var/cache/storeguard | tr '\n' ';')" \
-    "/etc/storeguard root:storeguard 750;/etc/storeguard/storeguard.toml root:storeguard 640;/var/lib/storeguard storeguard:storeguard 750;/var/log/storeguard storeguard:storeguard 750;/var/cache/storeguard storeguard:storeguard 750;"
+    "/etc/storeguard root:storeguard 770;/etc/storeguard/storeguard.toml root:storeguard 660;/var/lib/storeguard storeguard:storeguard 750;/var/log/storeguard storeguard:storeguard 750;/var/cache/storeguard storeguard:storeguard 750;"
 check "/etc/storeguard/storeguard.toml is a conffile" \
     bash -c 'chroot "$1" dpkg-query -W -f="\${Conffiles}" storeguard | grep -q "^ /etc/storeguard/storeguard.toml "' _ "$run"
 check "one binary, no fixtures (fakecam, sg-demo, sg-receiver)" bash -c '

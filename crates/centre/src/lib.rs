@@ -20,6 +20,8 @@
 //! `CLIP site=.. device=.. clip=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified`.
 //! Everything else is logged to stderr.
 
+pub mod control;
+
 use anyhow::{Context, Result, anyhow};
 use rumqttc::v5::Event;
 use rumqttc::v5::mqttbytes::QoS;
@@ -263,7 +265,12 @@ impl Receiver {
             }
             Kind::Manifest(clip) => self.on_manifest(&site, &device, clip, payload),
             Kind::Chunk(clip) => self.on_chunk(&site, &device, clip, payload),
-            Kind::ClipAck(_) => Ok(Vec::new()),
+            // Sent by the control centre itself (or sg-control): nothing to receive.
+            Kind::ClipAck(_) | Kind::ConfigDesired | Kind::Cmd(_) => Ok(Vec::new()),
+            Kind::ConfigReported | Kind::CmdResult(_) => {
+                tracing::info!(site, device, topic, "remote-control reply (see sg-control)");
+                Ok(Vec::new())
+            }
             Kind::Other(rest) => {
                 tracing::debug!(site, device, topic = rest, "ignoring an unknown topic");
                 Ok(Vec::new())

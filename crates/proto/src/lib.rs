@@ -11,6 +11,7 @@ pub mod broker;
 pub mod keys;
 pub mod manifest;
 pub mod receipt;
+pub mod remote;
 pub mod session;
 pub mod topics;
 pub mod trust;

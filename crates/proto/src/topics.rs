@@ -20,6 +20,14 @@ pub const SCHEMA_MANIFEST_MSG: &str = "storeguard.manifest-msg/v1";
 pub const SCHEMA_CHUNK: &str = "storeguard.chunk/v1";
 pub const SCHEMA_CLIP_ACK: &str = "storeguard.clip-ack/v1";
 
+pub const CONFIG_DESIRED: &str = "config/desired";
+pub const CONFIG_REPORTED: &str = "config/reported";
+
+/// `cmd/{name}/result`
+pub fn cmd_result_topic(name: &str) -> String {
+    format!("cmd/{name}/result")
+}
+
 /// First bytes of every chunk payload.
 pub const CHUNK_MAGIC: &[u8; 4] = b"SGCH";
 /// Largest JSON header a chunk may carry.
@@ -58,6 +66,10 @@ pub enum Kind<'a> {
     Manifest(&'a str),
     Chunk(&'a str),
     ClipAck(&'a str),
+    ConfigDesired,
+    ConfigReported,
+    Cmd(&'a str),
+    CmdResult(&'a str),
     Other(&'a str),
 }
 
@@ -77,6 +89,10 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["evidence", clip, "manifest"] if !clip.is_empty() => Kind::Manifest(clip),
         ["evidence", clip, "chunk"] if !clip.is_empty() => Kind::Chunk(clip),
         ["evidence", clip, "ack"] if !clip.is_empty() => Kind::ClipAck(clip),
+        ["config", "desired"] => Kind::ConfigDesired,
+        ["config", "reported"] => Kind::ConfigReported,
+        ["cmd", name] if !name.is_empty() => Kind::Cmd(name),
+        ["cmd", name, "result"] if !name.is_empty() => Kind::CmdResult(name),
         _ => Kind::Other(suffix),
     };
     Some(Parsed { site, device, kind })

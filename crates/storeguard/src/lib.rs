@@ -17,6 +17,7 @@ pub mod evidence;
 pub mod exit;
 pub mod logging;
 pub mod recording;
+pub mod remote;
 pub mod state;
 pub mod store;
 pub mod uplink;

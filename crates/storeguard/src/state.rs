@@ -9,7 +9,7 @@ use crate::config::Loaded;
 use crate::evidence::incident::Incidents;
 use crate::recording::Recorder;
 use crate::store::Store;
-use crate::uplink::UplinkHandle;
+use crate::uplink::{InboundSink, UplinkHandle};
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -25,6 +25,9 @@ pub struct State {
     pub uplink: Mutex<Option<UplinkHandle>>,
     /// Why the configured uplink is not running (no trusted key), for status and doctor.
     pub uplink_refused: Mutex<Option<String>>,
+    /// Where a (re)started uplink hands remote config and commands; None when
+    /// `remote.enabled` is off.
+    pub inbound: Option<InboundSink>,
     pub cameras: Supervisor,
     pub started: Instant,
     pub started_utc: DateTime<Utc>,

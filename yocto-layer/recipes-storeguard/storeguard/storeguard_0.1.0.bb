@@ -61,8 +61,8 @@ do_install() {
     install -m 0644 ${S}/systemd/storeguard.service ${D}${systemd_system_unitdir}/storeguard.service
 
     # Example configuration: root-owned, readable by the daemon's group only (may hold keys).
-    install -d -m 0750 ${D}${sysconfdir}/storeguard
-    install -m 0640 ${S}/edge-config/storeguard.toml ${D}${sysconfdir}/storeguard/storeguard.toml
+    install -d -m 0770 ${D}${sysconfdir}/storeguard
+    install -m 0660 ${S}/edge-config/storeguard.toml ${D}${sysconfdir}/storeguard/storeguard.toml
     chown -R root:storeguard ${D}${sysconfdir}/storeguard
 
     install -d ${D}${nonarch_libdir}/tmpfiles.d

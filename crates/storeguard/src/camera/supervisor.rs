@@ -111,6 +111,7 @@ impl Timing {
 
 enum Cmd {
     Apply(Vec<Camera>, Timing),
+    Restart(String),
     Shutdown,
 }
 
@@ -142,6 +143,11 @@ impl Supervisor {
         let _ = self
             .tx
             .send(Cmd::Apply(config.cameras.clone(), Timing::from(config)));
+    }
+
+    /// Reconnects one camera's stream now (its recording shows a gap with the reason).
+    pub fn restart(&self, id: &str) {
+        let _ = self.tx.send(Cmd::Restart(id.to_string()));
     }
 
     pub fn health(&self) -> Vec<CameraHealth> {
@@ -178,6 +184,14 @@ fn run(
             Ok(Cmd::Apply(cams, t)) => {
                 apply(&mut slots, cams, &t, &recorder, &factory);
                 timing = Some(t);
+            }
+            Ok(Cmd::Restart(id)) => {
+                if let Some(slot) = slots.get_mut(&id).filter(|s| s.phase != Phase::Disabled) {
+                    slot.src.stop();
+                    lock(&slot.writer).mark_down("restarted on request", now_ns());
+                    tracing::info!(camera = %id, "camera stream restarted on request");
+                    start(slot);
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }

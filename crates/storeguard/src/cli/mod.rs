@@ -139,6 +139,12 @@ enum ConfigCmd {
     Show,
     /// Ask the running daemon to re-read its config file (same as SIGHUP).
     Reload,
+    /// What remote configuration did: applied, pending, last rejected and rolled back
+    /// versions, with reasons.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Args {
@@ -249,6 +255,11 @@ pub fn dispatch(args: Args) -> Result<u8> {
             print!("{}", loaded.config.to_toml_masked());
             Ok(exit::OK)
         }
+        Cmd::Config(ConfigCmd::Status { json }) => {
+            let v = args.client().call("GET", "/v1/config/status", None)?;
+            print(*json, &v, output::config_status);
+            Ok(exit::OK)
+        }
         Cmd::Config(ConfigCmd::Reload) => {
             // The daemon answers 422 when it refuses the file: that is a config error (78).
             let v = args
@@ -298,7 +309,7 @@ fn verify_evidence(
             text.push_str(&output::receipt(&receipt, &rep));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            text.push_str("    receipt    none (not yet confirmed by the control centre)\n");
+            text.push_str("    receipt    none beside the clip (the box keeps one once the control centre confirms the clip; `storeguard evidence get` copies it)\n");
         }
         Err(e) => {
             return Err(exit::coded(

@@ -213,6 +213,43 @@ pub fn events(v: &Value) -> String {
     o
 }
 
+pub fn config_status(v: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "running   {} (version {})",
+        s(&v["running"]["path"]),
+        s(&v["running"]["version"])
+    );
+    if v["remote_enabled"].as_bool() != Some(true) {
+        let _ = writeln!(o, "remote    off (no [uplink], or remote.enabled = false)");
+    }
+    for (label, key) in [
+        ("applied", "applied"),
+        ("pending", "pending"),
+        ("rejected", "last_rejected"),
+        ("rolled back", "last_rolled_back"),
+    ] {
+        let e = &v[key];
+        if e.is_null() {
+            let _ = writeln!(o, "{label:<9} -");
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "{label:<9} version {} at {}",
+            e["version"]
+                .as_u64()
+                .map_or("?".to_string(), |n| n.to_string()),
+            local_time(e["at"].as_str().unwrap_or(""))
+        );
+        for r in e["reasons"].as_array().into_iter().flatten() {
+            let _ = writeln!(o, "          {}", r.as_str().unwrap_or(""));
+        }
+    }
+    o
+}
+
 pub fn receipt(path: &std::path::Path, r: &storeguard_proto::receipt::ReceiptReport) -> String {
     format!(
         "    receipt    {}: the control centre confirmed these bytes at {} (signed by key {} {})\n",

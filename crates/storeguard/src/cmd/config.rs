@@ -24,6 +24,35 @@ impl Show {
     }
 }
 
+/// What remote configuration did: the applied, pending, last rejected and last
+/// rolled-back desired versions, with reasons (`storeguard config status`).
+#[derive(Debug, Default)]
+pub struct RemoteStatus;
+
+impl RemoteStatus {
+    pub async fn apply(self, st: &Arc<State>) -> Result<Reply, CmdError> {
+        let s = st.clone();
+        let raw = blocking(move || {
+            s.store
+                .meta_get(crate::store::remote::CONFIG_STATUS_META)
+                .map_err(CmdError::internal)
+        })
+        .await?;
+        let remote: serde_json::Value = raw
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| json!({}));
+        let loaded = st.config();
+        Ok(Reply::Json(json!({
+            "running": { "path": loaded.path, "version": loaded.version },
+            "remote_enabled": loaded.config.remote.enabled && loaded.config.uplink.is_some(),
+            "applied": remote["applied"],
+            "pending": remote["pending"],
+            "last_rejected": remote["last_rejected"],
+            "last_rolled_back": remote["last_rolled_back"],
+        })))
+    }
+}
+
 /// Re-reads the config file and applies what changed; on any problem the running config
 /// stays as it is. SIGHUP runs the same command.
 #[derive(Debug, Default)]
@@ -133,7 +162,7 @@ fn restart_uplink(st: &State, cfg: &Config, prev: &Config) -> Result<(), CmdErro
         tracing::warn!("[uplink] removed: alerts and evidence stay on this box");
         return Ok(());
     }
-    match Uplink::start(st.store.clone(), cfg) {
+    match Uplink::start_with(st.store.clone(), cfg, st.inbound.clone()) {
         Ok(u) => {
             *st.uplink_refused() = None;
             tracing::info!(broker = %cfg.uplink.as_ref().map(|u| u.broker.as_str()).unwrap_or(""), "uplink restarted with the new config");
@@ -142,7 +171,7 @@ fn restart_uplink(st: &State, cfg: &Config, prev: &Config) -> Result<(), CmdErro
         }
         Err(e) => {
             if prev.uplink.is_some() {
-                *slot = Uplink::start(st.store.clone(), prev).ok();
+                *slot = Uplink::start_with(st.store.clone(), prev, st.inbound.clone()).ok();
             }
             Err(CmdError::Refused(format!("uplink: {e}")))
         }

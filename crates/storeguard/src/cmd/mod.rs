@@ -33,6 +33,8 @@ pub struct Caller {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     ControlSocket,
+    /// A signed command from the control centre over MQTT.
+    Remote,
 }
 
 /// Every operation the daemon offers.
@@ -50,6 +52,7 @@ pub enum Command {
     Export(export::ClipExport),
     EvidenceFile(export::EvidenceFile),
     ConfigShow(config::Show),
+    ConfigStatus(config::RemoteStatus),
     Reload(config::Reload),
 }
 
@@ -114,6 +117,7 @@ impl Command {
             Command::Export(c) => c.apply(st, caller).await,
             Command::EvidenceFile(c) => c.apply(st).await,
             Command::ConfigShow(c) => c.apply(st),
+            Command::ConfigStatus(c) => c.apply(st).await,
             Command::Reload(c) => c.apply(st).await,
         }
     }

@@ -36,6 +36,35 @@ pub struct Config {
     pub uplink: Option<uplink::Uplink>,
     #[serde(default)]
     pub trust: Trust,
+    #[serde(default)]
+    pub remote: Remote,
+}
+
+/// Remote configuration and commands over the uplink (docs/remote.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// Take `config/desired` and `cmd/{name}` from the control centre (needs `[uplink]`
+    /// and `[trust]`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How long a remotely applied config has to prove itself (cameras recording, the
+    /// MQTT session up with the new settings) before it is kept; otherwise it is rolled back.
+    #[serde(default = "default_trial")]
+    pub trial: Dur,
+}
+
+fn default_trial() -> Dur {
+    Dur::secs(60)
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Remote {
+            enabled: true,
+            trial: default_trial(),
+        }
+    }
 }
 
 /// Whom the box believes: the control centre's Ed25519 public keys. Every signed message
@@ -601,6 +630,12 @@ impl Config {
         if let Some(u) = &self.uplink {
             u.validate(v);
         }
+        v.range(
+            "remote.trial",
+            self.remote.trial,
+            Dur::secs(2),
+            Dur::secs(1800),
+        );
         if let Err((i, why)) =
             storeguard_proto::trust::TrustedKeys::parse(&self.trust.control_centre_keys)
         {

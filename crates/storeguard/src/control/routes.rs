@@ -112,6 +112,7 @@ fn parse(req: &Request) -> Result<Command, Response> {
             })
         }
         ("GET", ["v1", "config"]) => Command::ConfigShow(Default::default()),
+        ("GET", ["v1", "config", "status"]) => Command::ConfigStatus(Default::default()),
         ("POST", ["v1", "config", "reload"]) => Command::Reload(Default::default()),
         (_, ["v1", ..]) => {
             return Err(Response::error(

@@ -36,6 +36,13 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn run(config_path: &Path) -> Result<()> {
+    // Before loading: a remote config trial the box never confirmed is rolled back.
+    let recovered = crate::remote::desired::recover_at_start(config_path).map_err(|e| {
+        coded(
+            exit::IOERR,
+            format!("rolling back an unconfirmed remote config: {e}"),
+        )
+    })?;
     let loaded = Config::load(config_path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -46,10 +53,13 @@ pub fn run(config_path: &Path) -> Result<()> {
         .build()
         // Not a config problem (exit 78 tells systemd not to restart): resources.
         .map_err(|e| coded(exit::OSERR, format!("starting the async runtime: {e}")))?;
-    rt.block_on(run_async(loaded))
+    rt.block_on(run_async(loaded, recovered))
 }
 
-async fn run_async(loaded: Loaded) -> Result<()> {
+async fn run_async(
+    loaded: Loaded,
+    recovered: Option<crate::remote::desired::Recovered>,
+) -> Result<()> {
     // Before anything else: systemd may send SIGHUP (reload) or SIGTERM as soon as it
     // sees READY, and an uninstalled handler means the default action, death.
     let signals = Signals::install()?;
@@ -104,7 +114,9 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         clips_changed: tokio::sync::Notify::new(),
         outbox_changed: tokio::sync::Notify::new(),
     });
-    let (uplink, uplink_refused) = start_uplink(&store, &cfg)?;
+    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
+    let inbound = cfg.remote.enabled.then_some(inbound_tx);
+    let (uplink, uplink_refused) = start_uplink(&store, &cfg, inbound.clone())?;
     let (sig_tx, mut sig_rx) = tokio::sync::mpsc::unbounded_channel();
     let buttons = Buttons::start(&cfg.buttons, sig_tx.clone());
 
@@ -116,6 +128,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         signal_tx: sig_tx,
         uplink: std::sync::Mutex::new(uplink),
         uplink_refused: std::sync::Mutex::new(uplink_refused),
+        inbound,
         cameras,
         started: Instant::now(),
         started_utc: Utc::now(),
@@ -161,6 +174,12 @@ async fn run_async(loaded: Loaded) -> Result<()> {
             }
         }
     });
+    let remote_task = tokio::spawn(crate::remote::run(
+        state.clone(),
+        inbound_rx,
+        recovered,
+        shutdown_rx.clone(),
+    ));
     let st = state.clone();
     let clip_task = tokio::spawn(
         state
@@ -185,6 +204,7 @@ async fn run_async(loaded: Loaded) -> Result<()> {
         let _ = control_task.await;
         let _ = watchdog_task.await;
         let _ = clip_task.await;
+        let _ = remote_task.await;
         signal_task.abort();
         wake_task.abort();
         // Cameras first, so the recorder's final sync sees every last frame.
@@ -252,12 +272,16 @@ async fn wait_for_stop(state: &Arc<State>, signals: Signals) {
 /// The uplink, or why it is not running. Without a trusted control-centre key the box goes
 /// on recording and alarming locally (everything waits in the outbox); other uplink
 /// problems are config errors.
-fn start_uplink(store: &Store, cfg: &Config) -> Result<(Option<UplinkHandle>, Option<String>)> {
+fn start_uplink(
+    store: &Store,
+    cfg: &Config,
+    inbound: Option<crate::uplink::InboundSink>,
+) -> Result<(Option<UplinkHandle>, Option<String>)> {
     if cfg.uplink.is_none() {
         tracing::warn!("no [uplink] in the config: alerts and evidence stay on this box");
         return Ok((None, None));
     }
-    match Uplink::start(store.clone(), cfg) {
+    match Uplink::start_with(store.clone(), cfg, inbound) {
         Ok(u) => Ok((Some(u), None)),
         Err(e @ UplinkError::NoTrustedKeys) => {
             let why = e.to_string();

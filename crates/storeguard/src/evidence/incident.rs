@@ -35,6 +35,8 @@ pub enum Source {
     Button(String),
     /// A technician on the control socket (uid of the caller).
     Technician(u32),
+    /// The control centre, by the request id of its signed command.
+    Remote(String),
 }
 
 impl Source {
@@ -43,6 +45,7 @@ impl Source {
         match self {
             Source::Button(_) => "button",
             Source::Technician(_) => "technician",
+            Source::Remote(_) => "remote",
         }
     }
 
@@ -50,6 +53,7 @@ impl Source {
         match self {
             Source::Button(n) => n.clone(),
             Source::Technician(uid) => format!("uid {uid}"),
+            Source::Remote(request) => format!("request {request}"),
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod clip;
 pub mod incident;
 pub mod mp4;
+pub mod still;
 
 pub use mp4::{Mp4Error, Mp4Info, TsSlice, VideoCodec, remux_ts_to_mp4};
 pub use storeguard_proto::keys::{DeviceKey, KeyError, parse_public_key};

@@ -7,6 +7,7 @@
 pub mod events;
 pub mod outbox;
 pub mod recording;
+pub mod remote;
 mod schema;
 pub mod upload;
 

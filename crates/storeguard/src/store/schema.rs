@@ -135,6 +135,17 @@ const MIGRATIONS: &[&str] = &[
     // 5: the control centre's signed receipt for a clip (the exact payload), once accepted.
     "ALTER TABLE clip ADD COLUMN receipt TEXT;
      ALTER TABLE clip ADD COLUMN receipt_key TEXT;",
+    // 6: remote commands, run once per request id; holds (retention locks by request).
+    "CREATE TABLE remote_request (
+        request_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        received_ns INTEGER NOT NULL,
+        state TEXT NOT NULL,            -- running | done
+        result BLOB                     -- the cmd-result payload sent for it
+     ) STRICT;
+     ALTER TABLE retention_lock ADD COLUMN hold_id TEXT;
+     ALTER TABLE retention_lock ADD COLUMN expires_ns INTEGER;
+     CREATE INDEX retention_lock_by_hold ON retention_lock(hold_id);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -31,6 +31,26 @@ use tokio::sync::{Notify, mpsc};
 pub use session::TlsSetupError;
 pub use upload::CHUNK_WINDOW;
 
+/// Where the uplink hands what the remote-control layer acts on (`config/desired`,
+/// `cmd/{name}`), as received; the uplink itself only forwards them.
+pub type InboundSink = mpsc::UnboundedSender<Inbound>;
+
+#[derive(Debug)]
+pub struct Inbound {
+    pub kind: InboundKind,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundKind {
+    Desired,
+    Command(String),
+}
+
+/// The store's meta key holding the latest `config/reported` payload; the uplink publishes
+/// it (retained) on every connect.
+pub const REPORTED_META: &str = "config_reported";
+
 /// Unacknowledged inbound messages the broker may have out to the box at once: a flood of
 /// retained messages arrives a few at a time, each handled before the next.
 const INBOUND_RECEIVE_MAX: u16 = 16;
@@ -72,6 +92,7 @@ pub(crate) struct Settings {
     pub ack_timeout: Duration,
     pub trusted: TrustedKeys,
     pub max_inbound: u64,
+    pub inbound: Option<InboundSink>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,9 +145,20 @@ pub fn outbox_limits(cfg: &Config) -> Limits {
 pub struct Uplink;
 
 impl Uplink {
-    /// Starts the uplink thread for `cfg.uplink`. Fails only on configuration problems
-    /// (missing section, unreadable TLS files); an unreachable broker is retried forever.
+    /// Starts the uplink thread for `cfg.uplink`, without remote config or commands.
     pub fn start(store: Store, cfg: &Config) -> Result<UplinkHandle, UplinkError> {
+        Self::start_with(store, cfg, None)
+    }
+
+    /// Starts the uplink thread for `cfg.uplink`; with `inbound`, it also subscribes to
+    /// `config/desired` and `cmd/+` and hands those messages over. Fails only on
+    /// configuration problems (missing section, unreadable TLS files, no trusted key); an
+    /// unreachable broker is retried forever.
+    pub fn start_with(
+        store: Store,
+        cfg: &Config,
+        inbound: Option<InboundSink>,
+    ) -> Result<UplinkHandle, UplinkError> {
         let u = cfg.uplink.as_ref().ok_or(UplinkError::NotConfigured)?;
         let broker = parse_broker_url(&u.broker).map_err(UplinkError::BrokerUrl)?;
         let trusted = cfg.trust.keys();
@@ -189,6 +221,7 @@ impl Uplink {
             ack_timeout: u.ack_timeout.0,
             trusted,
             max_inbound: u.max_inbound_size.0,
+            inbound,
         });
         let shared = Arc::new(Mutex::new(Shared::default()));
         let wake = Arc::new(Notify::new());
@@ -317,6 +350,24 @@ impl UplinkHandle {
             v["rejected"]["stored"] = json!(n);
         }
         v
+    }
+
+    /// Whether the MQTT session is up (cheap: no store query).
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connected
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error
+            .clone()
     }
 
     /// Publishes a retained `offline`, disconnects cleanly and stops the thread. Blocks for

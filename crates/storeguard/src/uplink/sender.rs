@@ -293,11 +293,29 @@ impl Link {
         if self.closing {
             return;
         }
-        if let Err(e) = self
-            .client
-            .try_subscribe(self.ack_filter(), QoS::AtLeastOnce)
-        {
-            tracing::warn!("uplink: could not queue the ack subscription: {e}");
+        let mut filters = vec![self.ack_filter()];
+        if self.s.inbound.is_some() {
+            filters.push(format!("{}{}", self.s.prefix, topics::CONFIG_DESIRED));
+            filters.push(format!("{}cmd/+", self.s.prefix));
+        }
+        for f in filters {
+            if let Err(e) = self.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                tracing::warn!(filter = %f, "uplink: could not queue a subscription: {e}");
+            }
+        }
+        // What the box last reported about its config, again on every connection.
+        match self.store.meta_get(super::REPORTED_META) {
+            Ok(Some(reported)) => {
+                let topic = format!("{}{}", self.s.prefix, topics::CONFIG_REPORTED);
+                self.publish(
+                    topic,
+                    reported.into_bytes(),
+                    true,
+                    Slot::Control { offline: false },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("uplink: reading the last config report: {e}"),
         }
         let online = Status::online(&self.s.site, &self.s.device);
         self.publish(
@@ -807,8 +825,30 @@ impl Link {
         if p.site != self.s.site || p.device != self.s.device {
             return self.inbound_refused(topic, "addressed to another box");
         }
-        let Kind::ClipAck(clip) = p.kind else {
-            return self.inbound_refused(topic, "not a topic this box takes messages on");
+        let clip = match p.kind {
+            Kind::ClipAck(clip) => clip,
+            Kind::ConfigDesired | Kind::Cmd(_) => {
+                let kind = match p.kind {
+                    Kind::Cmd(name) => super::InboundKind::Command(name.to_string()),
+                    _ => super::InboundKind::Desired,
+                };
+                // An empty retained payload is a cleared topic, not a message.
+                if payload.is_empty() {
+                    return;
+                }
+                let sent = self.s.inbound.as_ref().is_some_and(|tx| {
+                    tx.send(super::Inbound {
+                        kind,
+                        payload: payload.to_vec(),
+                    })
+                    .is_ok()
+                });
+                if !sent {
+                    self.inbound_refused(topic, "remote config and commands are not running");
+                }
+                return;
+            }
+            _ => return self.inbound_refused(topic, "not a topic this box takes messages on"),
         };
         // Our own clearing of a retained ack comes back as an empty message.
         if payload.is_empty() {

@@ -27,7 +27,7 @@ fn fleet(opts: FleetOptions) -> FakeCamFleet {
 }
 
 /// Test-pattern cameras at 15 fps with a keyframe every 15 frames: one GOP is 1 s.
-fn pattern_fleet(cameras: u32) -> FakeCamFleet {
+pub(crate) fn pattern_fleet(cameras: u32) -> FakeCamFleet {
     fleet(FleetOptions {
         cameras,
         width: 320,

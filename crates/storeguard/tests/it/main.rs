@@ -10,6 +10,7 @@ mod fakecam;
 mod ingest;
 mod isb;
 mod recording;
+mod remote;
 mod systemd_notify;
 mod ts_writer;
 mod uplink;

@@ -1,0 +1,617 @@
+//! Remote configuration and commands, end to end: a real mosquitto, real fake cameras, the
+//! real daemon, and the reference control-centre tool `sg-control` signing with the
+//! fixtures' centre key.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use storeguard_fixtures::broker::{BrokerOpts, MosquittoBroker};
+use storeguard_fixtures::harness::{Site, wait_until_within};
+use storeguard_fixtures::{FakeCamFleet, centre, fixture_bin};
+
+const SITE: &str = "test-store";
+const DEVICE: &str = "test-box";
+
+use crate::isb::pattern_fleet as fleet;
+
+/// A running box: broker, `cams` fake cameras (`first` of them configured), the daemon,
+/// and the control centre's tool. Waits until cam1 records and the uplink is up.
+struct Rig {
+    broker: MosquittoBroker,
+    cams: FakeCamFleet,
+    site: Site,
+    daemon: storeguard_fixtures::harness::Daemon,
+    config: String,
+    cc: Centre,
+}
+
+impl Rig {
+    fn start(cams: u32, first: u32) -> Rig {
+        let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+        let cams = fleet(cams);
+        let site = Site::new();
+        let config = box_config(&broker.url(), &cams, first, "");
+        site.write_config(&config);
+        let daemon = site.start();
+        wait_until_within(
+            "cam1 recording and the uplink",
+            Duration::from_secs(30),
+            || {
+                camera_state(&site, "cam1") == "recording"
+                    && site.status()["uplink"]["connected"] == true
+            },
+        );
+        let cc = Centre::new(&broker.url());
+        Rig {
+            broker,
+            cams,
+            site,
+            daemon,
+            config,
+            cc,
+        }
+    }
+
+    fn config_status(&self) -> Value {
+        serde_json::from_str(
+            &self
+                .site
+                .cli(&["config", "status", "--json"])
+                .expect(0)
+                .stdout,
+        )
+        .unwrap()
+    }
+
+    fn on_disk(&self) -> String {
+        std::fs::read_to_string(self.site.config_path()).unwrap()
+    }
+}
+
+/// A box config: `cams` cameras from `fleet`, a simulated button, the uplink to `broker`,
+/// the fixtures' centre key trusted, a short trial.
+fn box_config(broker: &str, fleet: &FakeCamFleet, cams: u32, extra_uplink: &str) -> String {
+    let mut s = format!(
+        "[site]\nsite_id = \"{SITE}\"\ndevice_id = \"{DEVICE}\"\n\n[storage]\ndata_dir = \"data\"\n\n\
+         [control]\nsocket = \"control.sock\"\n\n{}\n[remote]\ntrial = \"6s\"\n\n\
+         [uplink]\nbroker = \"{broker}\"\nmax_reconnect_backoff = \"300ms\"\n{extra_uplink}\n",
+        centre::trust_toml()
+    );
+    for n in 1..=cams {
+        s.push_str(&format!(
+            "\n[[cameras]]\nid = \"cam{n}\"\nname = \"Camera {n}\"\nurl = \"{}\"\n",
+            fleet.url(n)
+        ));
+    }
+    s.push_str(
+        "\n[[buttons]]\nname = \"till\"\nchip = \"sim\"\nline = 0\nwiring = \"normally-open\"\ncameras = [\"cam1\"]\npre_roll = \"2s\"\npost_roll = \"2s\"\n",
+    );
+    s
+}
+
+/// `sg-control` against `broker` with the centre key in `key_dir`.
+struct Centre {
+    broker: String,
+    key_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Centre {
+    fn new(broker: &str) -> Centre {
+        let tmp = tempfile::tempdir().unwrap();
+        let key_dir = tmp.path().join("key");
+        centre::write_key_dir(&key_dir).unwrap();
+        Centre {
+            broker: broker.into(),
+            key_dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// A centre whose key no box trusts.
+    fn stranger(broker: &str) -> Centre {
+        let tmp = tempfile::tempdir().unwrap();
+        let key_dir = tmp.path().join("key");
+        Centre {
+            broker: broker.into(),
+            key_dir,
+            _tmp: tmp,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> (Option<i32>, Value, String) {
+        let out: Output = Command::new(fixture_bin("sg-control"))
+            .args(["--broker", &self.broker, "--key-dir"])
+            .arg(&self.key_dir)
+            .args(["--site", SITE, "--device", DEVICE, "--timeout", "40s"])
+            .args(args)
+            .output()
+            .expect("run sg-control");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (out.status.code(), v, stderr)
+    }
+
+    fn push(&self, file: &Path, version: u64, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let v = version.to_string();
+        let mut a = vec!["push", file.to_str().unwrap(), "--version", &v];
+        a.extend_from_slice(extra);
+        self.run(&a)
+    }
+
+    fn cmd(&self, name: &str, args: Value, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let a = args.to_string();
+        let mut v = vec!["cmd", name, "--args", &a];
+        v.extend_from_slice(extra);
+        self.run(&v)
+    }
+}
+
+fn reasons(v: &Value) -> String {
+    v["reasons"].to_string()
+}
+
+fn camera_state(site: &Site, id: &str) -> String {
+    site.status()["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .map(|c| c["state"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p");
+    std::fs::write(&f, payload).unwrap();
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+        "-f",
+    ])
+    .arg(&f);
+    if retain {
+        c.arg("-r");
+    }
+    assert!(c.status().unwrap().success(), "mosquitto_pub {topic}");
+}
+
+fn topic(suffix: &str) -> String {
+    format!("storeguard/v1/{SITE}/{DEVICE}/{suffix}")
+}
+
+#[test]
+fn remote_configs_apply_or_are_rejected_with_their_reasons() {
+    let rig = Rig::start(2, 1);
+    let (broker, cams, site, cc) = (&rig.broker, &rig.cams, &rig.site, &rig.cc);
+
+    // Adding a camera: applied once it records.
+    let two = box_config(&broker.url(), cams, 2, "");
+    let f2 = site.write_file("v1.toml", &two);
+    let saved = site.path("v1.signed.json");
+    let (code, r, err) = cc.push(&f2, 1, &["--save-payload", saved.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{r} {err}");
+    assert_eq!(r["state"], "applied");
+    assert_eq!(r["applied_version"], 1);
+    assert_eq!(camera_state(site, "cam2"), "recording");
+    assert_eq!(rig.on_disk(), two);
+    let st = rig.config_status();
+    assert_eq!(st["applied"]["version"], 1, "{st}");
+
+    // An invalid config: rejected with its field path; what runs stays.
+    let bad = two.replace(&cams.url(2), "http://10.0.0.9/cam2");
+    let fb = site.write_file("v2.toml", &bad);
+    let (code, r, _) = cc.push(&fb, 2, &[]);
+    assert_eq!(code, Some(3));
+    assert_eq!(r["state"], "rejected");
+    assert!(reasons(&r).contains("cameras[1].url"), "{r}");
+    assert!(reasons(&r).contains("config/desired v2:"), "{r}");
+    assert_eq!(rig.on_disk(), two);
+    assert_eq!(camera_state(site, "cam2"), "recording");
+
+    // Settings a remote config may not touch.
+    let moved = two.replace("data_dir = \"data\"", "data_dir = \"elsewhere\"");
+    let (code, r, _) = cc.push(&site.write_file("v3.toml", &moved), 3, &[]);
+    assert_eq!((code, r["state"].as_str()), (Some(3), Some("rejected")));
+    assert!(
+        reasons(&r).contains("storage.data_dir: may not change remotely"),
+        "{r}"
+    );
+
+    // Signed by a key the box does not trust.
+    let renamed = two.replace("Camera 2", "Back door");
+    let fr = site.write_file("v4.toml", &renamed);
+    let (code, r, _) = Centre::stranger(&broker.url()).push(&fr, 4, &[]);
+    assert_eq!((code, r["state"].as_str()), (Some(3), Some("rejected")));
+    assert!(reasons(&r).contains("does not trust"), "{r}");
+
+    // Expired on the way.
+    let (code, r, _) = cc.push(&fr, 5, &["--expires-in", "1ms"]);
+    assert_eq!((code, r["state"].as_str()), (Some(3), Some("rejected")));
+    assert!(reasons(&r).contains("expired"), "{r}");
+
+    // A camera-only change, then the old signed v1 replayed: refused as not newer.
+    let (code, r, _) = cc.push(&fr, 6, &[]);
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(0), Some("applied")),
+        "{r}"
+    );
+    mosquitto_pub(
+        broker.port(),
+        &topic("config/desired"),
+        &std::fs::read(&saved).unwrap(),
+        true,
+    );
+    wait_until_within("the replay to be rejected", Duration::from_secs(10), || {
+        let st = rig.config_status();
+        st["last_rejected"]["version"] == 1
+            && st["last_rejected"]["reasons"]
+                .to_string()
+                .contains("not newer")
+    });
+    assert_eq!(rig.on_disk(), renamed);
+    let shown = site.cli(&["config", "status"]).expect(0).stdout.clone();
+    assert!(shown.contains("applied   version 6"), "{shown}");
+    assert!(shown.contains("rejected  version 1"), "{shown}");
+}
+
+#[test]
+fn a_wrong_broker_port_is_rolled_back_and_reported_after_the_reconnect() {
+    let rig = Rig::start(1, 1);
+    let (broker, site, good) = (&rig.broker, &rig.site, &rig.config);
+    let dead = storeguard_fixtures::broker::free_port().unwrap();
+    let wrong = good.replace(&broker.url(), &format!("mqtt://127.0.0.1:{dead}"));
+    let (code, r, err) = rig.cc.push(&site.write_file("v1.toml", &wrong), 1, &[]);
+    assert_eq!(code, Some(3), "{r} {err}");
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    assert!(reasons(&r).contains("uplink: not connected"), "{r}");
+    assert_eq!(&rig.on_disk(), good);
+    assert!(!site.path("storeguard.toml.trial").exists());
+    assert_eq!(site.status()["uplink"]["connected"], true);
+}
+
+#[test]
+fn a_kill_9_during_an_apply_leaves_the_old_or_the_new_config() {
+    let mut rig = Rig::start(2, 1);
+    let old = rig.config.clone();
+    let mut rng = storeguard_fixtures::harness::Rng::new("remote kill -9");
+    for round in 0..4u64 {
+        let new = box_config(&rig.broker.url(), &rig.cams, 2, "")
+            .replace("Camera 2", &format!("Door {round}"));
+        let f = rig.site.write_file("next.toml", &new);
+        let (code, _, err) = rig.cc.push(&f, 10 + round, &["--no-wait"]);
+        assert_eq!(code, Some(0), "{err}");
+        std::thread::sleep(Duration::from_millis(rng.range(0, 400)));
+        rig.daemon.signal(libc::SIGKILL);
+        let _ = rig.daemon.wait_exit(Duration::from_secs(5));
+        let now = rig.on_disk();
+        assert!(
+            now == old || now == new,
+            "round {round}: a mix on disk:\n{now}"
+        );
+        // The retained desired config would be applied again: clear it first.
+        mosquitto_pub(rig.broker.port(), &topic("config/desired"), b"", true);
+        rig.daemon = rig.site.start();
+        let after = rig.on_disk();
+        assert!(after == old || after == new, "round {round}");
+        eprintln!(
+            "round {round}: on disk after the kill: {}, after the restart: {}",
+            if now == new { "new" } else { "old" },
+            if after == new { "new" } else { "old" }
+        );
+        assert!(
+            !rig.site.path("storeguard.toml.trial").exists(),
+            "round {round}: trial left open"
+        );
+        // Next round from the old config, as an unconfirmed trial leaves it.
+        if after != old {
+            rig.site.write_config(&old);
+            rig.site.cli(&["config", "reload"]).expect(0);
+        }
+        wait_until_within("the uplink", Duration::from_secs(20), || {
+            rig.site.status()["uplink"]["connected"] == true
+        });
+    }
+}
+
+#[test]
+fn every_command_works_and_a_repeated_request_id_runs_once() {
+    let rig = Rig::start(1, 1);
+    let (site, cc) = (&rig.site, &rig.cc);
+    // Footage to ask about.
+    std::thread::sleep(Duration::from_secs(4));
+    let ok = |(code, r, err): (Option<i32>, Value, String)| -> Value {
+        assert_eq!(code, Some(0), "{r} {err}");
+        assert_eq!(r["status"], "ok", "{r}");
+        r["result"].clone()
+    };
+    let now = chrono::Utc::now();
+    let t = |secs: i64| (now + chrono::Duration::seconds(secs)).to_rfc3339();
+
+    let s = ok(cc.cmd("status", json!({}), &[]));
+    assert_eq!(s["status"]["device_id"], DEVICE);
+    assert_eq!(s["cameras"]["cameras"][0]["id"], "cam1", "{s}");
+
+    let snap = ok(cc.cmd("snapshot", json!({ "cameras": ["cam1"] }), &[]));
+    let jpeg = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        snap["images"][0]["jpeg"].as_str().unwrap(),
+    )
+    .unwrap();
+    let jf = site.path("snap.jpg");
+    std::fs::write(&jf, &jpeg).unwrap();
+    let probe = storeguard_fixtures::harness::ffprobe(&jf);
+    assert_eq!((probe.width, probe.height), (320, 180), "{probe:?}");
+
+    let rec = ok(cc.cmd(
+        "recordings",
+        json!({ "camera": "cam1", "from": t(-60), "to": t(0) }),
+        &[],
+    ));
+    assert!(rec["segments"].as_u64().unwrap() >= 1, "{rec}");
+    assert!(!rec["recorded"].as_array().unwrap().is_empty(), "{rec}");
+
+    let hold = ok(cc.cmd(
+        "hold",
+        json!({ "cameras": ["cam1"], "from": t(-30), "to": t(-10), "reason": "police request 42", "expires_at": t(3600) }),
+        &["--request-id", "hold-1"],
+    ));
+    assert_eq!(hold["hold_id"], "hold-1");
+    let locks = || -> i64 {
+        site.db()
+            .query_row(
+                "SELECT count(*) FROM retention_lock WHERE hold_id = 'hold-1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(locks(), 1);
+    let rel = ok(cc.cmd("release", json!({ "hold_id": "hold-1" }), &[]));
+    assert_eq!(rel["locks_released"], 1);
+    assert_eq!(locks(), 0);
+
+    let clip = ok(cc.cmd(
+        "clip",
+        json!({ "cameras": ["cam1"], "from": t(-4), "to": t(-1) }),
+        &[],
+    ));
+    let clip_id = clip["clips"][0].as_str().unwrap().to_string();
+    wait_until_within(
+        "the remote clip to be sealed",
+        Duration::from_secs(60),
+        || {
+            site.db()
+                .query_row("SELECT state FROM clip WHERE uid = ?1", [&clip_id], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map(|s| s == "sealed" || s == "acked")
+                .unwrap_or(false)
+        },
+    );
+
+    // A repeated request id: the press happens once, the answer comes twice.
+    let first = cc.cmd(
+        "button_test",
+        json!({ "button": "till" }),
+        &["--request-id", "btn-1"],
+    );
+    ok(first);
+    let (code, again, _) = cc.cmd(
+        "button_test",
+        json!({ "button": "till" }),
+        &["--request-id", "btn-1"],
+    );
+    assert_eq!(
+        (code, &again["duplicate"]),
+        (Some(0), &json!(true)),
+        "{again}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let presses: i64 = site
+        .db()
+        .query_row(
+            "SELECT count(*) FROM event WHERE kind = 'isb_press' AND test = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(presses, 1);
+
+    ok(cc.cmd("restart_camera", json!({ "camera": "cam1" }), &[]));
+    wait_until_within("the restart's gap", Duration::from_secs(20), || {
+        site.db()
+            .query_row(
+                "SELECT count(*) FROM gap WHERE reason LIKE '%restarted on request%'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            > 0
+    });
+    wait_until_within("cam1 recording again", Duration::from_secs(30), || {
+        camera_state(site, "cam1") == "recording"
+    });
+
+    // Failures say why.
+    let (code, r, _) = cc.cmd("release", json!({ "hold_id": "nope" }), &[]);
+    assert_eq!((code, r["status"].as_str()), (Some(3), Some("failed")));
+    assert!(r["error"].as_str().unwrap().contains("no hold"), "{r}");
+    let (code, r, _) = cc.cmd("reboot", json!({}), &[]);
+    assert_eq!((code, r["status"].as_str()), (Some(3), Some("rejected")));
+    assert!(
+        r["error"].as_str().unwrap().contains("no such command"),
+        "{r}"
+    );
+    let (_, r, _) = cc.cmd("snapshot", json!({ "cameras": ["cam9"] }), &[]);
+    assert!(
+        r["error"].as_str().unwrap().contains("no camera \"cam9\""),
+        "{r}"
+    );
+}
+
+#[test]
+fn malformed_and_oversized_inbound_messages_are_refused_and_nothing_breaks() {
+    let rig = Rig::start(1, 1);
+    let (broker, site, cfg) = (&rig.broker, &rig.site, &rig.config);
+    let results = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-t",
+            &topic("cmd/+/result"),
+            "-C",
+            "3",
+            "-W",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let port = broker.port();
+    mosquitto_pub(port, &topic("cmd/status"), b"garbage", false);
+    mosquitto_pub(port, &topic("cmd/status"), br#"{"schema":"storeguard.cmd/v1","site_id":"test-store","device_id":"test-box","request_id":"u1","issued_at":"2026-01-01T00:00:00Z","expires_at":"2099-01-01T00:00:00Z","args":{}}"#, false);
+    mosquitto_pub(port, &topic("cmd/status"), &vec![b'{'; 2 << 20], false);
+    mosquitto_pub(
+        port,
+        &topic("cmd/restart_camera"),
+        br#"{"request_id":"u2"}"#,
+        false,
+    );
+    let out = results.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines.iter().all(|l| l["status"] == "rejected"), "{text}");
+    assert!(text.contains("unreadable"), "{text}");
+    assert!(text.contains("not signed"), "{text}");
+
+    mosquitto_pub(port, &topic("config/desired"), b"not json", true);
+    wait_until_within(
+        "the unreadable config to be reported",
+        Duration::from_secs(10),
+        || {
+            let st = rig.config_status();
+            st["last_rejected"]["reasons"]
+                .to_string()
+                .contains("unreadable")
+        },
+    );
+    mosquitto_pub(port, &topic("config/desired"), &vec![b'x'; 3 << 20], true);
+    std::thread::sleep(Duration::from_secs(1));
+    let st = site.status();
+    assert_eq!(st["uplink"]["connected"], true, "{st}");
+    let u: Value = serde_json::from_str(&site.cli(&["outbox", "--json"]).expect(0).stdout).unwrap();
+    assert_eq!(u["connects"], 1, "the link never flapped: {u}");
+    assert_eq!(&rig.on_disk(), cfg);
+}
+
+/// Figures for docs/remote.md: `cargo test -p storeguard --test it remote::bench_remote --
+/// --ignored --nocapture` (scripts/bench-remote.sh).
+#[test]
+#[ignore]
+fn bench_remote() {
+    let rig = Rig::start(2, 1);
+    let (broker, cams, site, cc, one) = (&rig.broker, &rig.cams, &rig.site, &rig.cc, &rig.config);
+    let ms = |err: &str| -> f64 {
+        err.split("after ")
+            .nth(1)
+            .and_then(|r| r.split(" ms").next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no latency in {err}"))
+    };
+    let mut version = 0;
+    let mut run = |label: &str, texts: &[String]| {
+        let mut t = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            version += 1;
+            let f = site.write_file(&format!("b{version}.toml"), text);
+            let (code, r, err) = cc.push(&f, version, &[]);
+            assert_eq!(code, Some(0), "{label} {i}: {r} {err}");
+            t.push(ms(&err));
+        }
+        t.sort_by(f64::total_cmp);
+        eprintln!(
+            "{label:<38}: n={} p50 {:.0} ms, max {:.0} ms",
+            t.len(),
+            t[t.len() / 2],
+            t[t.len() - 1]
+        );
+    };
+    let renames: Vec<String> = (0..10)
+        .map(|i| one.replace("Camera 1", &format!("Till {i}")))
+        .collect();
+    run("desired -> applied, camera renamed", &renames);
+    let two = box_config(&broker.url(), cams, 2, "");
+    let adds: Vec<String> = (0..6)
+        .map(|i| if i % 2 == 0 { two.clone() } else { one.clone() })
+        .collect();
+    run("desired -> applied, camera added/removed", &adds);
+    let (code, _, err) = cc.run(&[
+        "cmd",
+        "snapshot",
+        "--args",
+        "{\"cameras\":[\"cam1\"]}",
+        "--repeat",
+        "20",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    eprintln!("{}", err.trim());
+}
+
+#[test]
+fn the_openssl_recipe_signs_a_config_the_box_applies() {
+    if Command::new("jq").arg("--version").output().is_err() {
+        storeguard_fixtures::harness::skip("docs/remote.md sign-recipe", "jq is not installed");
+        return;
+    }
+    let rig = Rig::start(1, 1);
+    let (broker, site, cfg, cc) = (&rig.broker, &rig.site, &rig.config, &rig.cc);
+    let renamed = cfg.replace("Camera 1", "Signed by openssl");
+    let file = site.write_file("openssl.toml", &renamed);
+    let work = tempfile::tempdir().unwrap();
+    let key = cc.key_dir.join("centre_ed25519.key");
+    let Some((ok, text)) = storeguard_fixtures::harness::run_doc_recipe(
+        "remote.md",
+        "sign-recipe",
+        work.path(),
+        &[
+            ("CONFIG", file.as_os_str()),
+            ("VERSION", std::ffi::OsStr::new("3")),
+            ("SITE", std::ffi::OsStr::new(SITE)),
+            ("DEVICE", std::ffi::OsStr::new(DEVICE)),
+            ("KEY", key.as_os_str()),
+        ],
+    ) else {
+        return;
+    };
+    assert!(ok, "{text}");
+    let desired = std::fs::read(work.path().join("desired.json")).unwrap();
+    mosquitto_pub(broker.port(), &topic("config/desired"), &desired, true);
+    wait_until_within(
+        "the openssl-signed config to apply",
+        Duration::from_secs(20),
+        || {
+            let st = rig.config_status();
+            st["applied"]["version"] == 3
+        },
+    );
+    assert_eq!(rig.on_disk(), renamed);
+}
