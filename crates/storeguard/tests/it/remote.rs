@@ -615,3 +615,51 @@ fn the_openssl_recipe_signs_a_config_the_box_applies() {
     );
     assert_eq!(rig.on_disk(), renamed);
 }
+
+#[test]
+fn a_key_rotation_is_accepted_only_when_signed_by_a_key_trusted_now() {
+    let rig = Rig::start(1, 1);
+    let (site, old_cc) = (&rig.site, &rig.cc);
+    let new_cc = Centre::stranger(&rig.broker.url());
+    // Not trusted yet (this also creates the new key).
+    let f = site.write_file("r0.toml", &rig.config);
+    let (code, r, _) = new_cc.push(&f, 1, &[]);
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(3), Some("rejected")),
+        "{r}"
+    );
+    let new_pub = std::fs::read_to_string(new_cc.key_dir.join("centre_ed25519.pub")).unwrap();
+    let keys = |list: &[&str]| {
+        let quoted: Vec<String> = list.iter().map(|k| format!("\"{}\"", k.trim())).collect();
+        rig.config.replace(
+            &format!("control_centre_keys = [\"{}\"]", centre::PUBLIC_KEY),
+            &format!("control_centre_keys = [{}]", quoted.join(", ")),
+        )
+    };
+    // The old key adds the new one...
+    let both = keys(&[centre::PUBLIC_KEY, &new_pub]);
+    let (code, r, _) = old_cc.push(&site.write_file("r1.toml", &both), 2, &[]);
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(0), Some("applied")),
+        "{r}"
+    );
+    // ...the new key retires the old one...
+    let only_new = keys(&[&new_pub]);
+    let (code, r, _) = new_cc.push(&site.write_file("r2.toml", &only_new), 3, &[]);
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(0), Some("applied")),
+        "{r}"
+    );
+    // ...and the old key is no longer believed.
+    let (code, r, _) = old_cc.push(&site.write_file("r3.toml", &both), 4, &[]);
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (Some(3), Some("rejected")),
+        "{r}"
+    );
+    assert!(reasons(&r).contains("does not trust"), "{r}");
+    assert_eq!(rig.on_disk(), only_new);
+}
