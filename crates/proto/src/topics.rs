@@ -410,7 +410,19 @@ mod tests {
         );
         assert_eq!(
             parse("storeguard/v1/s1/d1/cmd/reboot").unwrap().kind,
-            Kind::Other("cmd/reboot")
+            Kind::Cmd("reboot")
+        );
+        assert_eq!(
+            parse("storeguard/v1/s1/d1/cmd/snapshot/result").unwrap().kind,
+            Kind::CmdResult("snapshot")
+        );
+        assert_eq!(
+            parse("storeguard/v1/s1/d1/config/desired").unwrap().kind,
+            Kind::ConfigDesired
+        );
+        assert_eq!(
+            parse("storeguard/v1/s1/d1/config/other").unwrap().kind,
+            Kind::Other("config/other")
         );
         assert!(parse("other/v1/s1/d1/alert").is_none());
         assert!(parse("storeguard/v1/s1").is_none());
