@@ -413,7 +413,9 @@ mod tests {
             Kind::Cmd("reboot")
         );
         assert_eq!(
-            parse("storeguard/v1/s1/d1/cmd/snapshot/result").unwrap().kind,
+            parse("storeguard/v1/s1/d1/cmd/snapshot/result")
+                .unwrap()
+                .kind,
             Kind::CmdResult("snapshot")
         );
         assert_eq!(
