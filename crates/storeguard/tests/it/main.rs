@@ -9,6 +9,7 @@ mod evidence_mp4;
 mod fakecam;
 mod ingest;
 mod isb;
+mod package;
 mod recording;
 mod systemd_notify;
 mod ts_writer;
