@@ -70,11 +70,11 @@ impl Package {
         let st = st.clone();
         let target = self.target();
         tokio::spawn(blocking(move || {
-            let mut last = Instant::now() - PROGRESS_EVERY;
+            let mut last: Option<Instant> = None;
             let mut last_step = String::new();
             let mut progress = |p: package::Progress| {
-                if p.step != last_step || last.elapsed() >= PROGRESS_EVERY {
-                    last = Instant::now();
+                if p.step != last_step || last.is_none_or(|l| l.elapsed() >= PROGRESS_EVERY) {
+                    last = Some(Instant::now());
                     last_step.clone_from(&p.step);
                     // A client that went away does not stop the export: it is audited.
                     let _ = tx.blocking_send(json!({ "progress": p }));

@@ -1076,6 +1076,24 @@ mod tests {
     }
 
     #[test]
+    fn time_text_cues_fall_on_wall_clock_seconds() {
+        // The first frame is at 14:40:00.250 UTC; the box is an hour ahead.
+        let t = TimeText {
+            t0_ns: 1_764_600_000_250_000_000,
+            fixed_offset: chrono::FixedOffset::east_opt(3600),
+        };
+        assert_eq!(t.next_second(Duration::ZERO), Duration::from_millis(750));
+        assert_eq!(
+            t.next_second(Duration::from_millis(750)),
+            Duration::from_millis(1750)
+        );
+        assert_eq!(
+            t.cue(Duration::from_millis(800)),
+            "2025-12-01 14:40:01 UTC\n2025-12-01 15:40:01 local (UTC+01:00)"
+        );
+    }
+
+    #[test]
     fn timeline_keeps_gaps_and_survives_wrap_and_reset() {
         let mut t = Timeline::default();
         let base = PTS_MASK - ticks(1.0) as u64; // wraps one second in
