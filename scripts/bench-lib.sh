@@ -33,3 +33,12 @@ start_fakecam() {
     PORT=$(sed -n 's/^READY rtsp:\/\/127.0.0.1:\([0-9]*\)\/.*/\1/p' "$work/fc.out")
     [[ -n $PORT ]] || { echo "fakecam not ready" >&2; exit 1; }
 }
+
+# bench_cleanup PID...: stops the PIDs and fakecam, removes WORK (for `trap … EXIT`).
+bench_cleanup() {
+    for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    [[ -n ${FC_PID:-} ]] && kill "$FC_PID" 2>/dev/null || true
+    [[ -n ${FC_IN:-} ]] && exec {FC_IN}>&- 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}

@@ -19,17 +19,10 @@ WORK=$(mktemp -d /tmp/sg-bench-pkg.XXXXXX)
 CACHE=$ROOT/target/bench-media
 mkdir -p "$CACHE"
 FC_PID="" SG_PID="" FC_IN=""
-cleanup() {
-    [[ -n $SG_PID ]] && kill "$SG_PID" 2>/dev/null || true
-    [[ -n $FC_PID ]] && kill "$FC_PID" 2>/dev/null || true
-    [[ -n $FC_IN ]] && exec {FC_IN}>&- 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
+cleanup() { bench_cleanup ${SG_PID:+"$SG_PID"}; }
+trap cleanup EXIT
 bench_source "$ROOT" "$CACHE"
 start_fakecam "$BIN" "$WORK" "$CACHE" "$N"
 

@@ -49,17 +49,10 @@ FC_PID=""
 REC_PIDS=()
 FC_IN=""
 
-cleanup() {
-    for p in "${REC_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [[ -n $FC_PID ]] && kill "$FC_PID" 2>/dev/null || true
-    [[ -n $FC_IN ]] && exec {FC_IN}>&- 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench-lib.sh
 source "$ROOT/scripts/bench-lib.sh"
+cleanup() { bench_cleanup "${REC_PIDS[@]}"; }
+trap cleanup EXIT
 bench_source "$ROOT" "$CACHE"
 start_fakecam "$BIN" "$WORK" "$CACHE" "$MAX"
 TCK=$(getconf CLK_TCK)
