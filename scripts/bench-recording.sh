@@ -49,42 +49,12 @@ FC_PID=""
 REC_PIDS=()
 FC_IN=""
 
-cleanup() {
-    for p in "${REC_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [[ -n $FC_PID ]] && kill "$FC_PID" 2>/dev/null || true
-    [[ -n $FC_IN ]] && exec {FC_IN}>&- 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
+# shellcheck source=bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+cleanup() { bench_cleanup "${REC_PIDS[@]}"; }
 trap cleanup EXIT
-
-# A 1080p15 source with real detail; fakecam transcodes it once more to the GOP and
-# bitrate asked for (cached under target/).
-# vtest.avi: $STOREGUARD_MEDIA if set, else local/media (scripts/setup.sh media puts it there).
-SRC=$CACHE/vtest-1080p15-grain.mp4
-if [[ ! -s $SRC ]]; then
-    VTEST=${STOREGUARD_MEDIA:-$ROOT/local/media}/vtest.avi
-    [[ -f $VTEST ]] || { echo "no $VTEST: run scripts/setup.sh media (or set STOREGUARD_MEDIA)" >&2; exit 1; }
-    echo "making $SRC (once)..." >&2
-    ffmpeg -nostdin -loglevel error -y -i "$VTEST" \
-        -t 40 -vf "scale=1920:1080,fps=15,noise=alls=12:allf=t" -c:v libx264 -preset ultrafast \
-        -crf 20 -an "$SRC.tmp.mp4"
-    mv "$SRC.tmp.mp4" "$SRC"
-fi
-
-# fakecam quits when its stdin closes: keep a pipe open to it.
-mkfifo "$WORK/fc.in"
-"$BIN/fakecam" --port 0 --cameras "$MAX" --fps 15 --gop 30 --bitrate 3000 \
-    --source "$SRC" --cache-dir "$CACHE" <"$WORK/fc.in" >"$WORK/fc.out" 2>"$WORK/fc.err" &
-FC_PID=$!
-exec {FC_IN}>"$WORK/fc.in"
-for _ in $(seq 1 1200); do
-    grep -q READY "$WORK/fc.out" 2>/dev/null && break
-    kill -0 "$FC_PID" 2>/dev/null || { cat "$WORK/fc.err" >&2; echo "fakecam exited" >&2; exit 1; }
-    sleep 0.5
-done
-PORT=$(sed -n 's/^READY rtsp:\/\/127.0.0.1:\([0-9]*\)\/.*/\1/p' "$WORK/fc.out")
-[[ -n $PORT ]] || { echo "fakecam not ready" >&2; exit 1; }
+bench_source "$ROOT" "$CACHE"
+start_fakecam "$BIN" "$WORK" "$CACHE" "$MAX"
 TCK=$(getconf CLK_TCK)
 
 # CPU ticks of a pid with its reaped children (fields 14-17 of /proc/PID/stat).

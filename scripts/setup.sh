@@ -54,6 +54,8 @@ APT_PACKAGES=(
     gstreamer1.0-plugins-base-apps
     mosquitto mosquitto-clients
     ffmpeg systemd openssl jq
+    # The evidence-package viewer test loads index.html in headless Chromium.
+    chromium
 )
 if [[ -n ${SETUP_APT_PACKAGES:-} ]]; then
     read -r -a APT_PACKAGES <<<"$SETUP_APT_PACKAGES"

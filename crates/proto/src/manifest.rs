@@ -336,24 +336,26 @@ pub enum VerifyError {
     },
 }
 
-/// Verifies `clip` against its manifest (`manifest`, or the sidecar next to the clip).
-///
-/// Order: parse, schema, signature block, key id, the expected key `pubkey` if given (base64,
-/// e.g. from the control centre's records), the signature over the canonical bytes, then the
-/// clip's size and SHA-256. The first failure is returned.
-pub fn verify(
-    clip: &Path,
-    manifest: Option<&Path>,
+/// A manifest whose signature checked out (no clip looked at yet).
+#[derive(Debug, Clone)]
+pub struct SignedManifest {
+    pub manifest: Manifest,
+    pub key_id: String,
+    /// As in [`VerifyReport::key_trusted`].
+    pub key_trusted: bool,
+}
+
+/// The manifest half of [`verify`] on bytes already read (`path` only names them in
+/// errors): parse, schema, signature block, key id, the expected key, the signature. For
+/// readers that hold the clip elsewhere, e.g. inside an evidence package's zip.
+pub fn verify_signed(
+    text: &[u8],
+    path: &Path,
     pubkey: Option<&str>,
-) -> Result<VerifyReport, VerifyError> {
-    let manifest_path = manifest.map_or_else(|| sidecar_path(clip), Path::to_path_buf);
-    let path = manifest_path.clone();
-    let text = std::fs::read(&path).map_err(|source| VerifyError::ManifestRead {
-        path: path.clone(),
-        source,
-    })?;
+) -> Result<SignedManifest, VerifyError> {
+    let path = path.to_path_buf();
     let m: Manifest =
-        serde_json::from_slice(&text).map_err(|source| VerifyError::ManifestParse {
+        serde_json::from_slice(text).map_err(|source| VerifyError::ManifestParse {
             path: path.clone(),
             source,
         })?;
@@ -419,6 +421,33 @@ pub fn verify(
             path: path.clone(),
             key_id: signer_id.clone(),
         })?;
+
+    Ok(SignedManifest {
+        manifest: m,
+        key_id: signer_id,
+        key_trusted,
+    })
+}
+
+/// Verifies `clip` against its manifest (`manifest`, or the sidecar next to the clip).
+///
+/// Order: parse, schema, signature block, key id, the expected key `pubkey` if given (base64,
+/// e.g. from the control centre's records), the signature over the canonical bytes, then the
+/// clip's size and SHA-256. The first failure is returned.
+pub fn verify(
+    clip: &Path,
+    manifest: Option<&Path>,
+    pubkey: Option<&str>,
+) -> Result<VerifyReport, VerifyError> {
+    let manifest_path = manifest.map_or_else(|| sidecar_path(clip), Path::to_path_buf);
+    let path = manifest_path.clone();
+    let text = std::fs::read(&path).map_err(|source| VerifyError::ManifestRead {
+        path: path.clone(),
+        source,
+    })?;
+    let signed = verify_signed(&text, &path, pubkey)?;
+    let m = signed.manifest;
+    let (signer_id, key_trusted) = (signed.key_id, signed.key_trusted);
 
     // The manifest is authentic from here on; now hold the clip against it.
     let found_size = std::fs::metadata(clip)

@@ -79,7 +79,7 @@ enum Cmd {
     /// Check the box end to end: config, GStreamer, clock, daemon, database, disk,
     /// cameras, buttons, outbox. Exit 1 when any check fails.
     Doctor,
-    /// Offline checks of evidence clips.
+    /// Evidence: verify clips and packages offline, fetch a sealed clip, package an incident.
     #[command(subcommand)]
     Evidence(EvidenceCmd),
 }
@@ -104,8 +104,11 @@ enum ButtonCmd {
 
 #[derive(Subcommand, Debug)]
 enum EvidenceCmd {
-    /// Check a clip's SHA-256 and its manifest's Ed25519 signature; exit 65 on mismatch.
+    /// Check a clip's SHA-256 and its manifest's Ed25519 signature, or a whole package
+    /// (folder or .zip: every file's hash, every signature); exit 65 naming the file on
+    /// mismatch.
     Verify {
+        /// A clip (.mp4), or an evidence package (its folder or .zip).
         clip: PathBuf,
         /// Manifest (default: CLIP.manifest.json next to the clip).
         #[arg(long)]
@@ -117,6 +120,30 @@ enum EvidenceCmd {
         /// (CLIP.receipt.json, if present); default: the key the receipt names.
         #[arg(long)]
         centre_key: Option<String>,
+    },
+    /// Package every camera of an event (or of a time range) for the police: per camera the
+    /// MP4 with a UTC subtitle track, its signed manifest and receipt; a signed package
+    /// manifest; a continuity log; an offline viewer (index.html). The daemon writes it to
+    /// a new folder or .zip, fsyncs it and verifies the copy; every attempt is audited.
+    Package {
+        /// Every camera with a clip of this event, over the event's window.
+        #[arg(long, conflicts_with_all = ["cameras", "from", "to"], required_unless_present = "cameras")]
+        event: Option<String>,
+        /// Cameras (comma-separated) over --from..--to instead of an event.
+        #[arg(long, value_delimiter = ',', requires_all = ["from", "to"])]
+        cameras: Vec<String>,
+        /// Start (RFC 3339, or local "YYYY-MM-DD HH:MM:SS").
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// New folder, or a file ending in .zip, e.g. on a USB stick. Must not exist (an
+        /// empty folder is fine) and must be writable by the daemon.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the signed package manifest as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy a sealed clip from the daemon with its manifest and, once the control centre
     /// confirmed it, its signed receipt; then verify the copy.
@@ -249,6 +276,14 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Evidence(EvidenceCmd::Get { clip, out }) => evidence_get(&args, clip, out),
+        Cmd::Evidence(EvidenceCmd::Package {
+            event,
+            cameras,
+            from,
+            to,
+            out,
+            json,
+        }) => package(&args, event.as_deref(), cameras, (from, to), out, *json),
         Cmd::Config(ConfigCmd::Show) => {
             let loaded = Config::load(&args.config)?;
             println!("# {} (version {})", loaded.path.display(), loaded.version);
@@ -281,14 +316,32 @@ pub fn dispatch(args: Args) -> Result<u8> {
     }
 }
 
-/// The manifest check, then the receipt beside the clip if there is one. Any failure is
-/// exit 65 with what did not match.
+/// The manifest check, then the receipt beside the clip if there is one; or, for a
+/// package, the whole package. Any failure is exit 65 with what did not match.
 fn verify_evidence(
     clip: &Path,
     manifest: Option<&Path>,
     pubkey: Option<&str>,
     centre_key: Option<&str>,
 ) -> Result<String> {
+    if manifest.is_none() && storeguard::evidence::package::is_package(clip) {
+        let r = storeguard::evidence::package::verify(clip, pubkey, centre_key).map_err(|e| {
+            exit::coded(
+                exit::DATAERR,
+                format!("verification FAILED for package {}: {e}", clip.display()),
+            )
+        })?;
+        let mut text = format!(
+            "OK  package {} ({}): {} files, every hash and signature checked\n",
+            clip.display(),
+            r.manifest.package_id,
+            r.manifest.files.len() + 1
+        );
+        for l in &r.lines {
+            text.push_str(&format!("    {l}\n"));
+        }
+        return Ok(text);
+    }
     let failed = |e: &dyn std::error::Error| {
         exit::coded(
             exit::DATAERR,
@@ -338,6 +391,116 @@ fn evidence_get(args: &Args, uid: &str, out: &Path) -> Result<u8> {
         Err(e) => return Err(e),
     }
     print!("{}", verify_evidence(&clip_path, None, None, None)?);
+    Ok(exit::OK)
+}
+
+/// Asks the daemon for a package and shows its progress; the daemon writes and verifies it.
+fn package(
+    args: &Args,
+    event: Option<&str>,
+    cameras: &[String],
+    (from, to): (&Option<String>, &Option<String>),
+    out: &Path,
+    json: bool,
+) -> Result<u8> {
+    use std::io::{IsTerminal, Write};
+    // The daemon resolves paths from its own working directory: send an absolute one.
+    let out_abs = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(out)
+    };
+    let body = serde_json::json!({
+        "event": event, "cameras": cameras, "from": from, "to": to, "out": out_abs,
+    });
+    let tty = std::io::stderr().is_terminal();
+    let mut last_step = String::new();
+    let mut result = None;
+    args.client()
+        .stream_request("POST", "/v1/packages", Some(&body), |v| {
+            if let Some(p) = v.get("progress") {
+                let step = p["step"].as_str().unwrap_or("");
+                let (done, total) = (
+                    p["done"].as_u64().unwrap_or(0),
+                    p["total"].as_u64().unwrap_or(0),
+                );
+                if tty {
+                    let frac = if total > 0 {
+                        done as f64 / total as f64
+                    } else {
+                        0.0
+                    };
+                    let bar = (frac * 30.0) as usize;
+                    eprint!(
+                        "\r\x1b[K[{}{}] {:>3.0}% {:>6.1}/{:.1} MB  {step}",
+                        "#".repeat(bar),
+                        ".".repeat(30 - bar),
+                        frac * 100.0,
+                        done as f64 / 1e6,
+                        total as f64 / 1e6
+                    );
+                    let _ = std::io::stderr().flush();
+                } else if step != last_step && !step.starts_with("copying") {
+                    eprintln!("{step}");
+                }
+                last_step = step.to_string();
+                return true;
+            }
+            result = Some(v);
+            false
+        })?;
+    if tty {
+        eprintln!();
+    }
+    let v = result.ok_or_else(|| {
+        exit::coded(
+            exit::FAILURE,
+            "the daemon ended the package stream without a result",
+        )
+    })?;
+    if let Some(f) = v.get("failed") {
+        let msg = f["error"].as_str().unwrap_or("package failed").to_string();
+        let code = match f["kind"].as_str() {
+            Some("destination") => exit::CANTCREAT,
+            Some("invalid" | "not_found" | "refused") => exit::DATAERR,
+            Some("unavailable") => exit::UNAVAILABLE,
+            _ => exit::SOFTWARE,
+        };
+        return Err(exit::coded(code, msg));
+    }
+    let d = &v["done"];
+    let m = &d["manifest"];
+    if json {
+        println!("{}", serde_json::to_string_pretty(m).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    println!("{}", d["path"].as_str().unwrap_or(""));
+    println!(
+        "package {}: {} files, written, synced and verified",
+        m["package_id"].as_str().unwrap_or(""),
+        m["files"].as_array().map_or(0, |f| f.len()) + 1
+    );
+    for c in m["cameras"].as_array().into_iter().flatten() {
+        let span = match c["actual"].as_object() {
+            Some(a) => format!(
+                "{} .. {}",
+                output::local_time(a["from"].as_str().unwrap_or("")),
+                output::local_time(a["to"].as_str().unwrap_or(""))
+            ),
+            None => "no footage".into(),
+        };
+        println!(
+            "camera {}  {span}  {}",
+            c["id"].as_str().unwrap_or(""),
+            c["clip"].as_str().unwrap_or("-")
+        );
+        for g in c["gaps"].as_array().into_iter().flatten() {
+            println!("  gap {} .. {}: {}", g["from"], g["to"], g["reason"]);
+        }
+    }
+    println!(
+        "open index.html in a browser to replay; check with `storeguard evidence verify PACKAGE`"
+    );
     Ok(exit::OK)
 }
 

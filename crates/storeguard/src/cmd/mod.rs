@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod events;
 pub mod export;
 pub mod outbox;
+pub mod package;
 pub mod status;
 
 use crate::state::State;
@@ -51,6 +52,7 @@ pub enum Command {
     Events(events::Events),
     Export(export::ClipExport),
     EvidenceFile(export::EvidenceFile),
+    Package(package::Package),
     ConfigShow(config::Show),
     ConfigStatus(config::RemoteStatus),
     Reload(config::Reload),
@@ -116,6 +118,7 @@ impl Command {
             Command::Events(c) => c.apply(st).await,
             Command::Export(c) => c.apply(st, caller).await,
             Command::EvidenceFile(c) => c.apply(st).await,
+            Command::Package(c) => c.apply(st, caller).await,
             Command::ConfigShow(c) => c.apply(st),
             Command::ConfigStatus(c) => c.apply(st).await,
             Command::Reload(c) => c.apply(st).await,

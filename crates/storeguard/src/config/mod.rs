@@ -197,6 +197,9 @@ pub struct Camera {
     pub id: String,
     #[serde(default)]
     pub name: String,
+    /// Where it looks ("till 2, facing the door"), for evidence packages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
     /// Main stream, recorded as-is: `rtsp://host[:port]/path`.
     pub url: String,
     /// Optional cheaper sub stream for detection.

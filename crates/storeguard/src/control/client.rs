@@ -91,14 +91,7 @@ impl Client {
             .and_then(|e| e.as_str())
             .unwrap_or("request failed")
             .to_string();
-        let code = match status {
-            403 => exit::NOPERM,
-            400 | 422 => exit::DATAERR,
-            404 => exit::DATAERR,
-            503 => exit::UNAVAILABLE,
-            _ => exit::FAILURE,
-        };
-        Err(coded(code, msg))
+        Err(coded(status_code(status), msg))
     }
 
     /// Downloads a file response to `dest` (written to a temp name, fsynced, renamed).
@@ -122,14 +115,30 @@ impl Client {
 
     /// A streaming request: calls `each` for every NDJSON value until the daemon ends
     /// the stream or `each` returns false.
-    pub fn stream(&self, path: &str, mut each: impl FnMut(Value) -> bool) -> Result<()> {
+    pub fn stream(&self, path: &str, each: impl FnMut(Value) -> bool) -> Result<()> {
+        self.stream_request("GET", path, None, each)
+    }
+
+    /// [`Client::stream`] for any method and body. A refusal before the stream starts is
+    /// an error with the daemon's message and status, as for [`Client::call`].
+    pub fn stream_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        mut each: impl FnMut(Value) -> bool,
+    ) -> Result<()> {
         let mut s = self.connect()?;
         s.set_read_timeout(None)?;
-        self.send(&mut s, "GET", path, None)?;
+        self.send(&mut s, method, path, body)?;
         let mut rd = BufReader::new(s);
         let (status, chunked) = read_head(&mut rd)?;
         if !(200..300).contains(&status) || !chunked {
-            return Err(refused(&mut rd, "stream refused"));
+            let mut e = refused(&mut rd, "stream refused");
+            if let Some(c) = e.downcast_mut::<exit::Coded>() {
+                c.code = status_code(status);
+            }
+            return Err(e);
         }
         let mut buf = Vec::new();
         let mut go = true;
@@ -142,6 +151,17 @@ impl Client {
                 }
             }
         })
+    }
+}
+
+/// The exit code for a refusal with this HTTP status.
+fn status_code(status: u16) -> u8 {
+    match status {
+        403 => exit::NOPERM,
+        400 | 422 => exit::DATAERR,
+        404 => exit::DATAERR,
+        503 => exit::UNAVAILABLE,
+        _ => exit::FAILURE,
     }
 }
 

@@ -99,6 +99,7 @@ fn parse(req: &Request) -> Result<Command, Response> {
             Command::Events(e)
         }
         ("POST", ["v1", "clips"]) => Command::Export(req.json()?),
+        ("POST", ["v1", "packages"]) => Command::Package(req.json()?),
         ("GET", ["v1", "evidence", uid, what]) => {
             let part = match *what {
                 "clip" => cmd::export::Part::Clip,

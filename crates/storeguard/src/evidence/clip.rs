@@ -5,7 +5,7 @@
 use super::manifest::{
     Actual, CameraRef, EventKind, EventRef, FileRef, Gap, Manifest, Requested, SCHEMA, Software,
 };
-use super::mp4::{TsSlice, remux_ts_to_mp4};
+use super::mp4::{TimeText, TsSlice, remux_ts_to_mp4_timed};
 use crate::config::Site;
 use crate::recording::Recorder;
 use crate::store::Store;
@@ -137,7 +137,12 @@ pub fn cut(
         std::fs::create_dir_all(d)?;
     }
     remove_unsealed_attempt(&path)?;
-    let info = remux_ts_to_mp4(&slices, &path).map_err(|e| ClipError::Cut {
+    // The first frame is at MP4 time zero: the text track runs from its wall-clock time.
+    let clock = TimeText {
+        t0_ns: first_ns,
+        fixed_offset: None,
+    };
+    let info = remux_ts_to_mp4_timed(&slices, &path, Some(&clock)).map_err(|e| ClipError::Cut {
         camera: spec.camera_id.to_string(),
         detail: e.to_string(),
     })?;

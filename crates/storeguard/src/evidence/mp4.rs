@@ -208,6 +208,17 @@ pub enum Mp4Error {
 /// Writes `out.partial` and renames it to `out` after fsync; `out` must not exist. No
 /// transcoding: the H.264/H.265 access units are copied. Blocks until done.
 pub fn remux_ts_to_mp4(sources: &[TsSlice], out: &Path) -> Result<Mp4Info, Mp4Error> {
+    remux_ts_to_mp4_timed(sources, out, None)
+}
+
+/// [`remux_ts_to_mp4`] plus, with `clock`, a timed-text (tx3g) track that shows the
+/// wall-clock time once a second, so any player shows when a frame was recorded without
+/// re-encoding the pictures.
+pub fn remux_ts_to_mp4_timed(
+    sources: &[TsSlice],
+    out: &Path,
+    clock: Option<&TimeText>,
+) -> Result<Mp4Info, Mp4Error> {
     if sources.is_empty() {
         return Err(Mp4Error::NoSources);
     }
@@ -223,7 +234,7 @@ pub fn remux_ts_to_mp4(sources: &[TsSlice], out: &Path) -> Result<Mp4Info, Mp4Er
     let partial = with_suffix(".partial");
     // mp4mux's faststart scratch file; its default is in /tmp, possibly a small tmpfs.
     let scratch = with_suffix(".partial.mdat");
-    let result = remux_attempts(sources, out, &partial, &scratch);
+    let result = remux_attempts(sources, out, &partial, &scratch, clock);
     for leftover in [&partial, &scratch] {
         match std::fs::remove_file(leftover) {
             Ok(()) if result.is_ok() => {
@@ -240,13 +251,14 @@ fn remux_attempts(
     out: &Path,
     partial: &Path,
     scratch: &Path,
+    clock: Option<&TimeText>,
 ) -> Result<Mp4Info, Mp4Error> {
     let output_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Mp4Error::Output { path, source }
     };
     for muxer in ["mp4mux", "qtmux"] {
-        let info = run_pipeline(sources, partial, scratch, muxer)?;
+        let info = run_pipeline(sources, partial, scratch, muxer, clock)?;
         if !moov_before_mdat(partial).map_err(output_err(partial))? {
             tracing::warn!(path = %partial.display(), muxer, "moov after mdat, trying the next muxer");
             std::fs::remove_file(partial).map_err(output_err(partial))?;
@@ -312,6 +324,7 @@ fn run_pipeline(
     partial: &Path,
     scratch: &Path,
     muxer: &'static str,
+    clock: Option<&TimeText>,
 ) -> Result<Mp4Info, Mp4Error> {
     // The codec decides the parser, so find it before building the pipeline.
     let first = &sources[0];
@@ -343,6 +356,31 @@ fn run_pipeline(
         ))
     })?;
 
+    // The text track gets its own appsrc on a subtitle pad of the same muxer.
+    let text_src = match clock {
+        None => None,
+        Some(_) => {
+            let caps = gst::Caps::builder("text/x-raw")
+                .field("format", "utf8")
+                .build();
+            let src = gst_app::AppSrc::builder()
+                .caps(&caps)
+                .format(gst::Format::Time)
+                .build();
+            pipeline
+                .add(&src)
+                .map_err(|e| Mp4Error::Gst(format!("add text appsrc: {e}")))?;
+            let pad = mux
+                .request_pad_simple("subtitle_%u")
+                .ok_or_else(|| Mp4Error::Gst(format!("{muxer} has no subtitle pad")))?;
+            src.static_pad("src")
+                .ok_or_else(|| Mp4Error::Gst("text appsrc has no src pad".into()))?
+                .link(&pad)
+                .map_err(|e| Mp4Error::Gst(format!("link text appsrc ! {muxer}: {e}")))?;
+            Some(src)
+        }
+    };
+
     let stats = Arc::new(Mutex::new(Stats::default()));
     let parse_src = parse
         .static_pad("src")
@@ -372,6 +410,12 @@ fn run_pipeline(
     let mut feeder = Feeder {
         appsrc: &appsrc,
         bus: &bus,
+        text: text_src.as_ref().zip(clock).map(|(src, clock)| TextFeed {
+            src,
+            clock: clock.clone(),
+            next: Duration::ZERO,
+        }),
+        last_pts: Duration::ZERO,
     };
     for (i, slice) in sources.iter().enumerate() {
         demux.run_slice(i, slice, &mut feeder)?;
@@ -380,6 +424,7 @@ fn run_pipeline(
         return Err(Mp4Error::NoFrames);
     }
     let last = sources.last().expect("non-empty");
+    feeder.finish_text(demux.frame_interval())?;
     appsrc
         .end_of_stream()
         .map_err(|e| Mp4Error::Gst(format!("end of stream: {e:?}")))?;
@@ -454,14 +499,105 @@ fn describe_error(err: &gst::message::Error) -> String {
     }
 }
 
+/// What the timed-text track shows: the wall-clock time of MP4 time zero, and the zone
+/// for the local time line.
+#[derive(Debug, Clone)]
+pub struct TimeText {
+    /// UTC (ns since the epoch) of the first frame, which is at MP4 time zero.
+    pub t0_ns: i64,
+    /// Local time is shown in this offset's zone; `None` is the box's own zone (`TZ`,
+    /// `/etc/localtime`).
+    pub fixed_offset: Option<chrono::FixedOffset>,
+}
+
+impl TimeText {
+    /// The cue for the second holding `at` (MP4 time): UTC, then local time with offset.
+    pub fn cue(&self, at: Duration) -> String {
+        let ns = self.t0_ns + at.as_nanos() as i64;
+        let utc = chrono::DateTime::from_timestamp_nanos(ns);
+        let local = match self.fixed_offset {
+            Some(o) => utc.with_timezone(&o).fixed_offset(),
+            None => utc.with_timezone(&chrono::Local).fixed_offset(),
+        };
+        format!(
+            "{} UTC\n{} local (UTC{})",
+            utc.format("%Y-%m-%d %H:%M:%S"),
+            local.format("%Y-%m-%d %H:%M:%S"),
+            local.format("%:z")
+        )
+    }
+
+    /// MP4 time of the first whole wall-clock second after `at`.
+    fn next_second(&self, at: Duration) -> Duration {
+        let ns = self.t0_ns + at.as_nanos() as i64;
+        let next = (ns.div_euclid(1_000_000_000) + 1) * 1_000_000_000;
+        at + Duration::from_nanos((next - ns) as u64)
+    }
+}
+
+/// The text track being fed: one cue per wall-clock second, each pushed with the first
+/// frame it covers (the muxer interleaves by time, so it waits at most a second of video).
+struct TextFeed<'a> {
+    src: &'a gst_app::AppSrc,
+    clock: TimeText,
+    /// MP4 time where the next cue starts.
+    next: Duration,
+}
+
+impl TextFeed<'_> {
+    fn push_until(&mut self, until: Duration, end: Option<Duration>) -> Result<(), Mp4Error> {
+        while self.next <= until && end.is_none_or(|e| self.next < e) {
+            let start = self.next;
+            let mut stop = self.clock.next_second(start);
+            if let Some(e) = end {
+                stop = stop.min(e);
+            }
+            let mut buf = gst::Buffer::from_mut_slice(self.clock.cue(start).into_bytes());
+            {
+                let b = buf.get_mut().expect("fresh buffer is writable");
+                b.set_pts(gst::ClockTime::from_nseconds(start.as_nanos() as u64));
+                b.set_duration(gst::ClockTime::from_nseconds(
+                    (stop - start).as_nanos() as u64
+                ));
+            }
+            self.src
+                .push_buffer(buf)
+                .map_err(|e| Mp4Error::Gst(format!("text appsrc refused a cue: {e:?}")))?;
+            self.next = stop;
+        }
+        Ok(())
+    }
+}
+
 /// Pushes access units into appsrc with backpressure, watching the bus for errors.
 struct Feeder<'a> {
     appsrc: &'a gst_app::AppSrc,
     bus: &'a gst::Bus,
+    text: Option<TextFeed<'a>>,
+    /// Latest video presentation time pushed.
+    last_pts: Duration,
 }
 
 impl Feeder<'_> {
+    /// Ends the text track one frame after the last picture, and closes it.
+    fn finish_text(&mut self, frame: Duration) -> Result<(), Mp4Error> {
+        if let Some(t) = self.text.as_mut() {
+            let end = self.last_pts + frame;
+            t.push_until(end, Some(end))?;
+            t.src
+                .end_of_stream()
+                .map_err(|e| Mp4Error::Gst(format!("text end of stream: {e:?}")))?;
+        }
+        Ok(())
+    }
+
     fn push(&mut self, buf: gst::Buffer, path: &Path, offset: u64) -> Result<(), Mp4Error> {
+        if let Some(pts) = buf.pts() {
+            self.last_pts = self.last_pts.max(Duration::from_nanos(pts.nseconds()));
+        }
+        if let Some(t) = self.text.as_mut() {
+            t.push_until(self.last_pts, None)?;
+        }
         let fail = |message: String| Mp4Error::Pipeline {
             path: path.into(),
             offset,
@@ -700,6 +836,15 @@ struct Demuxer {
 }
 
 impl Demuxer {
+    /// The measured frame interval (the default before one is known).
+    fn frame_interval(&self) -> Duration {
+        ticks_to_duration(if self.timeline.frame_ticks > 0 {
+            self.timeline.frame_ticks
+        } else {
+            DEFAULT_FRAME_TICKS
+        })
+    }
+
     fn new(program: Program) -> Demuxer {
         Demuxer {
             program,
@@ -928,6 +1073,24 @@ mod tests {
 
     fn ticks(s: f64) -> i64 {
         (s * 90_000.0).round() as i64
+    }
+
+    #[test]
+    fn time_text_cues_fall_on_wall_clock_seconds() {
+        // The first frame is at 14:40:00.250 UTC; the box is an hour ahead.
+        let t = TimeText {
+            t0_ns: 1_764_600_000_250_000_000,
+            fixed_offset: chrono::FixedOffset::east_opt(3600),
+        };
+        assert_eq!(t.next_second(Duration::ZERO), Duration::from_millis(750));
+        assert_eq!(
+            t.next_second(Duration::from_millis(750)),
+            Duration::from_millis(1750)
+        );
+        assert_eq!(
+            t.cue(Duration::from_millis(800)),
+            "2025-12-01 14:40:01 UTC\n2025-12-01 15:40:01 local (UTC+01:00)"
+        );
     }
 
     #[test]

@@ -236,6 +236,17 @@ impl Store {
             .optional())
     }
 
+    pub fn event_by_uid(&self, uid: &str) -> Result<Option<EventRow>> {
+        let c = self.conn();
+        self.sq(c
+            .query_row(
+                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE uid = ?1",
+                [uid],
+                event_row,
+            )
+            .optional())
+    }
+
     /// A clip that could not be cut keeps its lock, so the footage stays for a manual export.
     pub fn fail_clip(&self, id: i64, error: &str) -> Result<()> {
         let c = self.conn();

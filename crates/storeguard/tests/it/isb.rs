@@ -17,9 +17,9 @@ use storeguard_base::now_ns;
 use storeguard_fixtures::harness::*;
 use storeguard_fixtures::{FakeCamFleet, FleetOptions, FleetSource};
 
-const SEC: i64 = 1_000_000_000;
+pub(crate) const SEC: i64 = 1_000_000_000;
 /// Waits that include a clip's post-roll and the cut itself.
-const CLIP_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const CLIP_WAIT: Duration = Duration::from_secs(60);
 
 fn fleet(opts: FleetOptions) -> FakeCamFleet {
     FakeCamFleet::spawn(&storeguard_fixtures::fixture_bin("fakecam"), &opts)
@@ -54,7 +54,7 @@ fn footage_fleet(cameras: u32, gop: u32, kbps: u32) -> FakeCamFleet {
 
 /// A config with cameras `cam1..N` at `urls`, `storage` lines added to `[storage]`, and
 /// the given `[[buttons]]` tables.
-fn isb_config(urls: &[String], storage: &str, buttons: &str) -> String {
+pub(crate) fn isb_config(urls: &[String], storage: &str, buttons: &str) -> String {
     let mut s = format!(
         "[site]\nsite_id = \"isb-store\"\ndevice_id = \"isb-box\"\n\n\
          [storage]\ndata_dir = \"data\"\n{storage}\n\n[control]\nsocket = \"control.sock\"\n"
@@ -69,7 +69,7 @@ fn isb_config(urls: &[String], storage: &str, buttons: &str) -> String {
     s
 }
 
-fn button(name: &str, wiring: &str, cameras: &[&str], extra: &str) -> String {
+pub(crate) fn button(name: &str, wiring: &str, cameras: &[&str], extra: &str) -> String {
     let cams: Vec<String> = cameras.iter().map(|c| format!("\"{c}\"")).collect();
     format!(
         "\n[[buttons]]\nname = \"{name}\"\nchip = \"sim\"\nline = 0\nwiring = \"{wiring}\"\n\
@@ -78,11 +78,11 @@ fn button(name: &str, wiring: &str, cameras: &[&str], extra: &str) -> String {
     )
 }
 
-fn rfc3339(ns: i64) -> String {
+pub(crate) fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn parse_ns(v: &Value) -> i64 {
+pub(crate) fn parse_ns(v: &Value) -> i64 {
     let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
     chrono::DateTime::parse_from_rfc3339(s)
         .unwrap_or_else(|e| panic!("{s:?}: {e}"))
@@ -92,7 +92,7 @@ fn parse_ns(v: &Value) -> i64 {
 
 /// `button press NAME --test --hold-ms N`, which must be accepted.
 #[track_caller]
-fn press(site: &Site, name: &str, hold_ms: u64) {
+pub(crate) fn press(site: &Site, name: &str, hold_ms: u64) {
     site.cli(&[
         "button",
         "press",
@@ -116,15 +116,15 @@ fn inject_edges(site: &Site, name: &str, script: &str) {
 }
 
 #[derive(Debug, Clone)]
-struct Event {
-    uid: String,
-    kind: String,
-    source: String,
-    at_ns: i64,
-    test: bool,
+pub(crate) struct Event {
+    pub(crate) uid: String,
+    pub(crate) kind: String,
+    pub(crate) source: String,
+    pub(crate) at_ns: i64,
+    pub(crate) test: bool,
 }
 
-fn events(db: &Connection) -> Vec<Event> {
+pub(crate) fn events(db: &Connection) -> Vec<Event> {
     let mut st = db
         .prepare("SELECT uid, kind, source, at_ns, test FROM event ORDER BY id")
         .unwrap();
@@ -142,7 +142,7 @@ fn events(db: &Connection) -> Vec<Event> {
     .unwrap()
 }
 
-fn count_events(db: &Connection, source: &str, kind: &str) -> usize {
+pub(crate) fn count_events(db: &Connection, source: &str, kind: &str) -> usize {
     events(db)
         .iter()
         .filter(|e| e.source == source && e.kind == kind)
@@ -184,20 +184,20 @@ fn alert_for(db: &Connection, ev: &Event) -> Value {
 }
 
 #[derive(Debug, Clone)]
-struct Clip {
-    uid: String,
-    camera: String,
-    from_ns: i64,
-    to_ns: i64,
-    state: String,
-    path: Option<String>,
-    sha256: Option<String>,
-    lock_id: Option<i64>,
-    error: Option<String>,
-    sealed_ns: Option<i64>,
+pub(crate) struct Clip {
+    pub(crate) uid: String,
+    pub(crate) camera: String,
+    pub(crate) from_ns: i64,
+    pub(crate) to_ns: i64,
+    pub(crate) state: String,
+    pub(crate) path: Option<String>,
+    pub(crate) sha256: Option<String>,
+    pub(crate) lock_id: Option<i64>,
+    pub(crate) error: Option<String>,
+    pub(crate) sealed_ns: Option<i64>,
 }
 
-fn clips_of(db: &Connection, event_uid: &str) -> Vec<Clip> {
+pub(crate) fn clips_of(db: &Connection, event_uid: &str) -> Vec<Clip> {
     let mut st = db
         .prepare(
             "SELECT c.uid, c.camera, c.from_ns, c.to_ns, c.state, c.path, c.sha256, c.lock_id, c.error, c.sealed_ns
@@ -225,7 +225,12 @@ fn clips_of(db: &Connection, event_uid: &str) -> Vec<Clip> {
 
 /// Waits until every clip of the event is sealed (fails at once if one failed).
 #[track_caller]
-fn wait_sealed(db: &Connection, event_uid: &str, n: usize, limit: Duration) -> Vec<Clip> {
+pub(crate) fn wait_sealed(
+    db: &Connection,
+    event_uid: &str,
+    n: usize,
+    limit: Duration,
+) -> Vec<Clip> {
     let mut clips = Vec::new();
     wait_until_within(&format!("{n} sealed clips for {event_uid}"), limit, || {
         clips = clips_of(db, event_uid);
@@ -240,7 +245,7 @@ fn wait_sealed(db: &Connection, event_uid: &str, n: usize, limit: Duration) -> V
 /// Waits until `camera` has footage from at least `span` ago in the index; on timeout,
 /// shows what the daemon says about its cameras.
 #[track_caller]
-fn wait_recorded(site: &Site, db: &Connection, camera: &str, span: Duration) {
+pub(crate) fn wait_recorded(site: &Site, db: &Connection, camera: &str, span: Duration) {
     let limit = Duration::from_secs(40);
     let end = Instant::now() + limit;
     loop {
@@ -265,7 +270,7 @@ fn wait_recorded(site: &Site, db: &Connection, camera: &str, span: Duration) {
     }
 }
 
-fn the_event(db: &Connection, source: &str, kind: &str) -> Event {
+pub(crate) fn the_event(db: &Connection, source: &str, kind: &str) -> Event {
     let mut evs: Vec<Event> = events(db)
         .into_iter()
         .filter(|e| e.source == source && e.kind == kind)
@@ -275,14 +280,14 @@ fn the_event(db: &Connection, source: &str, kind: &str) -> Event {
 }
 
 #[track_caller]
-fn wait_event(db: &Connection, source: &str, kind: &str) -> Event {
+pub(crate) fn wait_event(db: &Connection, source: &str, kind: &str) -> Event {
     wait_until(&format!("a {kind} event from {source}"), || {
         count_events(db, source, kind) > 0
     });
     the_event(db, source, kind)
 }
 
-fn manifest_of(clip: &Path) -> Value {
+pub(crate) fn manifest_of(clip: &Path) -> Value {
     let text = std::fs::read_to_string(storeguard::evidence::sidecar_path(clip)).unwrap();
     serde_json::from_str(&text).unwrap()
 }

@@ -9,6 +9,7 @@ mod evidence_mp4;
 mod fakecam;
 mod ingest;
 mod isb;
+mod package;
 mod recording;
 mod remote;
 mod systemd_notify;
