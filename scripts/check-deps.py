@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CRATE_RULES = {
     "storeguard-base": set(),
     "storeguard-proto": {"storeguard-base"},
-    "storeguard": {"storeguard-base", "storeguard-proto"},
+    "storeguard": {"storeguard-base", "storeguard-proto", "storeguard-detect"},
     "storeguard-centre": {"storeguard-base", "storeguard-proto"},
     "storeguard-fixtures": {"storeguard-base"},
     "storeguard-detect": set(),
@@ -30,7 +30,7 @@ DEVICE_LAYERS = [
     {"config"},
     {"store"},
     {"exit"},
-    {"recording", "button"},
+    {"recording", "button", "detect"},
     {"camera", "evidence", "uplink"},
     {"state"},
     {"cmd"},

@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod detect;
 pub mod evidence;
 pub mod exit;
 pub mod logging;

@@ -82,6 +82,23 @@ enum Cmd {
     /// Evidence: verify clips and packages offline, fetch a sealed clip, package an incident.
     #[command(subcommand)]
     Evidence(EvidenceCmd),
+    /// Run the configured person detector on image files (no daemon needed) and print
+    /// the boxes with their scores.
+    Detect {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Override detect.model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Override detect.onnxruntime.
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        /// Override detect.min_score.
+        #[arg(long)]
+        min_score: Option<f32>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +301,13 @@ pub fn dispatch(args: Args) -> Result<u8> {
             out,
             json,
         }) => package(&args, event.as_deref(), cameras, (from, to), out, *json),
+        Cmd::Detect {
+            images,
+            json,
+            model,
+            onnxruntime,
+            min_score,
+        } => detect(&args, images, *json, model, onnxruntime, *min_score),
         Cmd::Config(ConfigCmd::Show) => {
             let loaded = Config::load(&args.config)?;
             println!("# {} (version {})", loaded.path.display(), loaded.version);
@@ -372,6 +396,69 @@ fn verify_evidence(
         }
     }
     Ok(text)
+}
+
+/// `[detect]` from the config if it loads, else the defaults (a technician may run this on
+/// a box whose config is broken), with the command line's overrides.
+fn detect_settings(
+    args: &Args,
+    model: &Option<PathBuf>,
+    onnxruntime: &Option<PathBuf>,
+    min_score: Option<f32>,
+) -> storeguard::config::detect::Detect {
+    let mut d = Config::load(&args.config)
+        .map(|l| l.config.detect)
+        .unwrap_or_default();
+    if let Some(m) = model {
+        d.model = m.clone();
+    }
+    if let Some(l) = onnxruntime {
+        d.onnxruntime = Some(l.clone());
+    }
+    if let Some(s) = min_score {
+        d.min_score = s;
+    }
+    d
+}
+
+fn detect(
+    args: &Args,
+    images: &[PathBuf],
+    json: bool,
+    model: &Option<PathBuf>,
+    onnxruntime: &Option<PathBuf>,
+    min_score: Option<f32>,
+) -> Result<u8> {
+    use storeguard::detect::detector::{Detector, OrtDetector};
+    let cfg = detect_settings(args, model, onnxruntime, min_score);
+    let mut det = OrtDetector::open(&cfg)
+        .map_err(|e| exit::coded(exit::CONFIG, storeguard_base::error::chain(&e)))?;
+    let mut out = Vec::new();
+    for path in images {
+        let img = storeguard::detect::image_file::load(path)
+            .map_err(|e| exit::coded(exit::DATAERR, e.to_string()))?;
+        let t = std::time::Instant::now();
+        let dets = det
+            .detect(&[img.item()])
+            .map_err(|e| exit::coded(exit::SOFTWARE, format!("{}: {e}", path.display())))?
+            .remove(0);
+        out.push(output::Detected {
+            path: path.clone(),
+            width: img.width,
+            height: img.height,
+            ms: t.elapsed().as_secs_f64() * 1e3,
+            detections: dets,
+        });
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&output::detected_json(&out))?
+        );
+    } else {
+        print!("{}", output::detected(&out));
+    }
+    Ok(exit::OK)
 }
 
 fn evidence_get(args: &Args, uid: &str, out: &Path) -> Result<u8> {
@@ -569,6 +656,41 @@ fn doctor(args: &Args) -> u8 {
             ),
         ),
         Err(e) => line("fail", "gstreamer", &format!("{e:#}")),
+    }
+    let detect = Config::load(&args.config)
+        .map(|l| l.config.detect)
+        .unwrap_or_default();
+    match storeguard::detect::detector::OrtDetector::open(&detect) {
+        Ok(d) => {
+            let i = d.info();
+            let known = i.sha256 == storeguard::config::detect::MODEL_SHA256;
+            line(
+                if known || detect.model_sha256.is_some() {
+                    "ok"
+                } else {
+                    "warn"
+                },
+                "detector",
+                &format!(
+                    "{} sha256 {}{}; inputs {}; outputs {}; ONNX Runtime {}",
+                    i.path.display(),
+                    i.sha256,
+                    if known {
+                        ""
+                    } else {
+                        " (not the model this storeguard was tested with)"
+                    },
+                    i.inputs.join(", "),
+                    i.outputs.join(", "),
+                    i.library.display()
+                ),
+            )
+        }
+        Err(e) => line(
+            "fail",
+            "detector",
+            &storeguard_base::error::chain(&e).to_string(),
+        ),
     }
     let now = chrono::Utc::now();
     if now.timestamp() < 1_700_000_000 {

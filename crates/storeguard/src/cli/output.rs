@@ -213,6 +213,67 @@ pub fn events(v: &Value) -> String {
     o
 }
 
+/// One image's detections, for `storeguard detect`.
+pub struct Detected {
+    pub path: std::path::PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub ms: f64,
+    pub detections: Vec<storeguard::detect::core::model::Detection>,
+}
+
+fn class_name(c: usize) -> String {
+    if c == storeguard::detect::core::model::PERSON {
+        "person".into()
+    } else {
+        format!("class {c}")
+    }
+}
+
+pub fn detected(images: &[Detected]) -> String {
+    let mut o = String::new();
+    for d in images {
+        let _ = writeln!(
+            o,
+            "{} ({}x{}): {} detection{} in {:.0} ms",
+            d.path.display(),
+            d.width,
+            d.height,
+            d.detections.len(),
+            if d.detections.len() == 1 { "" } else { "s" },
+            d.ms
+        );
+        for x in &d.detections {
+            let r = &x.rect;
+            let _ = writeln!(
+                o,
+                "  {:<7} {:.2}  x {:.0}..{:.0}  y {:.0}..{:.0}",
+                class_name(x.class),
+                x.score,
+                r.x0,
+                r.x1,
+                r.y0,
+                r.y1
+            );
+        }
+    }
+    o
+}
+
+pub fn detected_json(images: &[Detected]) -> Value {
+    serde_json::json!({ "images": images.iter().map(|d| serde_json::json!({
+        "path": d.path,
+        "width": d.width,
+        "height": d.height,
+        "ms": (d.ms * 10.0).round() / 10.0,
+        "detections": d.detections.iter().map(|x| serde_json::json!({
+            "class": class_name(x.class),
+            "score": (x.score * 1000.0).round() / 1000.0,
+            "box": [x.rect.x0.round(), x.rect.y0.round(), x.rect.x1.round(), x.rect.y1.round()],
+        })).collect::<Vec<_>>(),
+    })).collect::<Vec<_>>() })
+}
+
 pub fn config_status(v: &Value) -> String {
     let mut o = String::new();
     let _ = writeln!(

@@ -4,6 +4,7 @@
 //! at once, so a technician fixes a file in one round trip. The reference for every field
 //! is `docs/config.md`; keep it in step with the doc comments here.
 
+pub mod detect;
 pub mod line;
 mod locate;
 pub mod uplink;
@@ -38,6 +39,8 @@ pub struct Config {
     pub trust: Trust,
     #[serde(default)]
     pub remote: Remote,
+    #[serde(default)]
+    pub detect: detect::Detect,
 }
 
 /// Remote configuration and commands over the uplink (docs/remote.md).
@@ -464,6 +467,10 @@ impl Config {
         };
         abs(&mut self.storage.data_dir);
         abs(&mut self.control.socket);
+        abs(&mut self.detect.model);
+        if let Some(p) = self.detect.onnxruntime.as_mut() {
+            abs(p);
+        }
         if let Some(tls) = self.uplink.as_mut().and_then(|u| u.tls.as_mut()) {
             for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
                 .into_iter()
@@ -639,6 +646,7 @@ impl Config {
             Dur::secs(2),
             Dur::secs(1800),
         );
+        self.detect.validate(v);
         if let Err((i, why)) =
             storeguard_proto::trust::TrustedKeys::parse(&self.trust.control_centre_keys)
         {

@@ -5,6 +5,7 @@
 
 mod cli;
 mod daemon;
+mod detect;
 mod evidence_mp4;
 mod fakecam;
 mod ingest;
