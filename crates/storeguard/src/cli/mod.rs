@@ -82,6 +82,13 @@ enum Cmd {
     /// Evidence: verify clips and packages offline, fetch a sealed clip, package an incident.
     #[command(subcommand)]
     Evidence(EvidenceCmd),
+    /// A JPEG of a camera now: its latest recorded keyframe, from the daemon.
+    Snapshot {
+        #[arg(long)]
+        camera: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run the configured person detector on image files (no daemon needed) and print
     /// the boxes with their scores.
     Detect {
@@ -293,6 +300,13 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Evidence(EvidenceCmd::Get { clip, out }) => evidence_get(&args, clip, out),
+        Cmd::Snapshot { camera, out } => {
+            let n = args
+                .client()
+                .download(&format!("/v1/cameras/{camera}/snapshot"), out)?;
+            println!("{}: camera {camera}, {n} bytes (JPEG)", out.display());
+            Ok(exit::OK)
+        }
         Cmd::Evidence(EvidenceCmd::Package {
             event,
             cameras,

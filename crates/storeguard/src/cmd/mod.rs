@@ -16,6 +16,7 @@ pub mod events;
 pub mod export;
 pub mod outbox;
 pub mod package;
+pub mod snapshot;
 pub mod status;
 
 use crate::state::State;
@@ -54,6 +55,7 @@ pub enum Command {
     EvidenceFile(export::EvidenceFile),
     Package(package::Package),
     ConfigShow(config::Show),
+    Snapshot(snapshot::Snapshot),
     ConfigStatus(config::RemoteStatus),
     Reload(config::Reload),
 }
@@ -67,6 +69,8 @@ pub enum Reply {
     Stream(tokio::sync::mpsc::Receiver<Value>),
     /// A file's bytes and its media type.
     File(PathBuf, &'static str),
+    /// Bytes made for this request, and their media type.
+    Bytes(Vec<u8>, &'static str),
 }
 
 /// Why a command did not run. The message says what was wrong and where; the cause chain
@@ -120,6 +124,7 @@ impl Command {
             Command::EvidenceFile(c) => c.apply(st).await,
             Command::Package(c) => c.apply(st, caller).await,
             Command::ConfigShow(c) => c.apply(st),
+            Command::Snapshot(c) => c.apply(st).await,
             Command::ConfigStatus(c) => c.apply(st).await,
             Command::Reload(c) => c.apply(st).await,
         }

@@ -72,6 +72,15 @@ pub(super) async fn serve_conn(
             tokio::io::copy(&mut f, &mut wr).await?;
             wr.flush().await
         }
+        Response::Bytes(body, content_type) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            wr.write_all(head.as_bytes()).await?;
+            wr.write_all(&body).await?;
+            wr.flush().await
+        }
         Response::Stream(mut rx) => {
             wr.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",

@@ -55,6 +55,8 @@ pub enum Response {
     Stream(mpsc::Receiver<Value>),
     /// A file's bytes (evidence download).
     File(PathBuf, &'static str),
+    /// Bytes made for this request (a snapshot).
+    Bytes(Vec<u8>, &'static str),
 }
 
 impl Response {

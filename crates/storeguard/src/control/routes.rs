@@ -28,6 +28,7 @@ impl Service for Routes {
                 Ok(Reply::Accepted(v)) => Response::Json(202, v),
                 Ok(Reply::Stream(rx)) => Response::Stream(rx),
                 Ok(Reply::File(path, kind)) => Response::File(path, kind),
+                Ok(Reply::Bytes(body, kind)) => Response::Bytes(body, kind),
                 Err(e) => error(e),
             }
         })
@@ -112,6 +113,9 @@ fn parse(req: &Request) -> Result<Command, Response> {
                 part,
             })
         }
+        ("GET", ["v1", "cameras", id, "snapshot"]) => Command::Snapshot(cmd::snapshot::Snapshot {
+            camera: id.to_string(),
+        }),
         ("GET", ["v1", "config"]) => Command::ConfigShow(Default::default()),
         ("GET", ["v1", "config", "status"]) => Command::ConfigStatus(Default::default()),
         ("POST", ["v1", "config", "reload"]) => Command::Reload(Default::default()),

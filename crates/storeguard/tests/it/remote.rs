@@ -353,6 +353,27 @@ fn every_command_works_and_a_repeated_request_id_runs_once() {
     std::fs::write(&jf, &jpeg).unwrap();
     let probe = storeguard_fixtures::harness::ffprobe(&jf);
     assert_eq!((probe.width, probe.height), (320, 180), "{probe:?}");
+    // The same still for the technician, over the control socket.
+    let local = site.path("local.jpg");
+    let out = site.cli(&[
+        "snapshot",
+        "--camera",
+        "cam1",
+        "--out",
+        local.to_str().unwrap(),
+    ]);
+    out.expect(0);
+    let probe = storeguard_fixtures::harness::ffprobe(&local);
+    assert_eq!((probe.width, probe.height), (320, 180), "{probe:?}");
+    let out = site.cli(&[
+        "snapshot",
+        "--camera",
+        "cam9",
+        "--out",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(65), "{}", out.all());
+    assert!(out.all().contains("no camera \"cam9\""), "{}", out.all());
 
     let rec = ok(cc.cmd(
         "recordings",
