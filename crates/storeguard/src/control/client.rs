@@ -101,7 +101,7 @@ impl Client {
         let mut rd = BufReader::new(s);
         let (status, _) = read_head(&mut rd)?;
         if !(200..300).contains(&status) {
-            return Err(refused(&mut rd, "download refused"));
+            return Err(refused(&mut rd, status, "download refused"));
         }
         let tmp = dest.with_extension("partial");
         let mut f =
@@ -134,11 +134,7 @@ impl Client {
         let mut rd = BufReader::new(s);
         let (status, chunked) = read_head(&mut rd)?;
         if !(200..300).contains(&status) || !chunked {
-            let mut e = refused(&mut rd, "stream refused");
-            if let Some(c) = e.downcast_mut::<exit::Coded>() {
-                c.code = status_code(status);
-            }
-            return Err(e);
+            return Err(refused(&mut rd, status, "stream refused"));
         }
         let mut buf = Vec::new();
         let mut go = true;
@@ -166,12 +162,14 @@ fn status_code(status: u16) -> u8 {
 }
 
 /// The daemon's `{"error": ...}` from a refused download or stream.
-fn refused(rd: &mut impl Read, fallback: &str) -> anyhow::Error {
+/// A refused download or stream: the daemon's message, with the exit code its status
+/// means (as for `call`), so "no such clip" is 65 whichever way it was asked.
+fn refused(rd: &mut impl Read, status: u16, fallback: &str) -> anyhow::Error {
     let mut raw = Vec::new();
     let _ = rd.read_to_end(&mut raw);
     let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or(fallback);
-    coded(exit::FAILURE, msg.to_string())
+    coded(status_code(status), msg.to_string())
 }
 
 fn read_head(rd: &mut impl BufRead) -> Result<(u16, bool)> {

@@ -331,6 +331,22 @@ fn daemon_without_a_key_holds_everything_then_keeps_shows_and_verifies_the_recei
         rx.alerts_from("test-box").is_empty(),
         "nothing left the box"
     );
+    // Sealed but not confirmed: the copy has a clip and a manifest, and says so.
+    let early = tempfile::tempdir().unwrap();
+    let id = clip()["id"].as_str().unwrap().to_string();
+    let got = site.cli(&[
+        "evidence",
+        "get",
+        &id,
+        "--out",
+        early.path().to_str().unwrap(),
+    ]);
+    got.expect(0);
+    assert!(
+        got.stdout.contains("receipt    none beside the clip"),
+        "{}",
+        got.stdout
+    );
 
     site.write_config(&with_key);
     site.cli(&["config", "reload"]).expect(0);
