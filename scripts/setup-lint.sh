@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or reuse) the Yocto lint venv: local/lint-venv with pinned oelint-adv and bitbake-setup
+# Create (or reuse) the lint venv: local/lint-venv with pinned oelint-adv and bitbake-setup
 # (bitbake's `bb` parser, for yocto-layer/tools/parse-check.py). Not installed globally.
+# Also jsonschema, for scripts/check-schemas.sh.
 #
 #   scripts/setup-lint.sh        prints the venv's python path on stdout
 #
@@ -12,7 +13,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=$REPO/local/lint-venv
 # Pinned together: oelint-adv's rule set changes between releases, and CI must not change verdict
 # because PyPI moved on.
-PINS=(oelint-adv==9.11.2 oelint-parser==8.13.2 oelint-data==1.5.26 bitbake-setup==2.19.0)
+PINS=(oelint-adv==9.11.2 oelint-parser==8.13.2 oelint-data==1.5.26 bitbake-setup==2.19.0 jsonschema==4.26.0 referencing==0.37.0)
 log() { echo "setup-lint: $*" >&2; }
 
 stamp=$VENV/.pins

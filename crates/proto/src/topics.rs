@@ -469,7 +469,8 @@ mod tests {
 
 #[cfg(test)]
 mod samples {
-    /// Writes one payload of each kind to $SG_SAMPLES_DIR (for schema checks by hand).
+    /// Writes one payload of each kind to $SG_SAMPLES_DIR; scripts/check-schemas.sh (in CI)
+    /// validates them against docs/schemas/.
     #[test]
     fn write_samples() {
         use super::*;
@@ -582,5 +583,59 @@ mod samples {
             ..ack
         };
         w("clip-ack-incomplete.json", &incomplete.signed(&key));
+        use crate::remote::{self as rm, Signed as _};
+        let desired = rm::Desired {
+            schema: rm::SCHEMA_DESIRED.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            version: 7,
+            issued_at: "2026-12-01T14:00:00Z".into(),
+            expires_at: Some("2026-12-01T15:00:00Z".into()),
+            config: "[site]\nsite_id = \"s1\"\n".into(),
+            signature: None,
+        };
+        w("config-desired.json", &desired.signed(&key));
+        let reported = rm::Reported {
+            schema: rm::SCHEMA_REPORTED.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            state: rm::ConfigState::Rejected,
+            version: Some(8),
+            applied_version: Some(7),
+            applied_hash: "02dc489c8542".into(),
+            reasons: vec!["config/desired v8:3:7: cameras[0].url: not rtsp".into()],
+            at: utc_ms(now_ns()),
+        };
+        w(
+            "config-reported.json",
+            &with_msg_id(&serde_json::to_vec(&reported).unwrap(), "d1:10").unwrap(),
+        );
+        let cmd = rm::Command {
+            schema: rm::SCHEMA_CMD.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            request_id: "r-1".into(),
+            issued_at: "2026-12-01T14:00:00Z".into(),
+            expires_at: "2026-12-01T14:05:00Z".into(),
+            args: serde_json::json!({ "cameras": ["cam1"] }),
+            signature: None,
+        };
+        w("cmd.json", &cmd.signed(&key));
+        let result = rm::CmdResult {
+            schema: rm::SCHEMA_CMD_RESULT.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            name: "snapshot".into(),
+            request_id: "r-1".into(),
+            status: rm::CmdStatus::Ok,
+            result: Some(serde_json::json!({ "images": [] })),
+            error: None,
+            duplicate: false,
+            at: utc_ms(now_ns()),
+        };
+        w(
+            "cmd-result.json",
+            &with_msg_id(&serde_json::to_vec(&result).unwrap(), "d1:11").unwrap(),
+        );
     }
 }
