@@ -61,19 +61,20 @@ pub async fn handle(st: &Arc<State>, name: &str, payload: &[u8]) {
         .ok()
         .and_then(|v| v.get("request_id")?.as_str().map(str::to_string))
         .unwrap_or_default();
-    let cmd = match remote::check::<Command>(payload, &cfg.trust.keys(), &site, &device, now_ns()) {
-        Ok((c, _key)) => c,
-        Err(e) => {
-            tracing::warn!(name, request = %claimed, "remote command REJECTED: {e}");
-            let r = answer(
-                &claimed,
-                CmdStatus::Rejected,
-                None,
-                Some(format!("cmd/{name}: {e}")),
-            );
-            return send(st, None, name, &r).await;
-        }
-    };
+    let (cmd, key_id) =
+        match remote::check::<Command>(payload, &cfg.trust.keys(), &site, &device, now_ns()) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(name, request = %claimed, "remote command REJECTED: {e}");
+                let r = answer(
+                    &claimed,
+                    CmdStatus::Rejected,
+                    None,
+                    Some(format!("cmd/{name}: {e}")),
+                );
+                return send(st, None, name, &r).await;
+            }
+        };
     if !NAMES.contains(&name) {
         let r = answer(
             &cmd.request_id,
@@ -115,7 +116,7 @@ pub async fn handle(st: &Arc<State>, name: &str, payload: &[u8]) {
             return;
         }
     }
-    tracing::info!(name, request = %id, "remote command");
+    tracing::info!(name, request = %id, key = %key_id, "remote command");
     let r = match run(st, name, &cmd).await {
         Ok(v) => answer(&id, CmdStatus::Ok, Some(v), None),
         Err(e) => {
@@ -123,6 +124,20 @@ pub async fn handle(st: &Arc<State>, name: &str, payload: &[u8]) {
             answer(&id, CmdStatus::Failed, None, Some(e))
         }
     };
+    // Who asked for footage, and what came of it, belongs in the chain of custody.
+    let detail = serde_json::json!({
+        "key_id": key_id,
+        "args": cmd.args,
+        "status": r.status,
+        "error": r.error,
+    })
+    .to_string();
+    let (store, action, target) = (st.store.clone(), format!("remote_{name}"), id.clone());
+    if let Err(e) =
+        blocking(move || store.audit(now_ns(), None, None, &action, &target, &detail)).await
+    {
+        tracing::error!(name, request = %id, "remote command: writing the audit row: {e}");
+    }
     send(st, Some(&id), name, &r).await;
 }
 

@@ -399,6 +399,18 @@ fn every_command_works_and_a_repeated_request_id_runs_once() {
             .unwrap()
     };
     assert_eq!(locks(), 1);
+    let audited: String = site
+        .db()
+        .query_row(
+            "SELECT detail FROM audit WHERE action = 'remote_hold' AND target = 'hold-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        audited.contains("police request 42") && audited.contains("\"ok\""),
+        "{audited}"
+    );
     let rel = ok(cc.cmd("release", json!({ "hold_id": "hold-1" }), &[]));
     assert_eq!(rel["locks_released"], 1);
     assert_eq!(locks(), 0);
