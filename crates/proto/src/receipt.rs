@@ -9,7 +9,7 @@
 
 use crate::keys::DeviceKey;
 use crate::topics::{AckStatus, ClipAck};
-use crate::trust::{TrustError, TrustedKeys, sign_json};
+use crate::trust::{TrustError, TrustedKeys, sign_value};
 
 /// What the box sealed, to hold a receipt against.
 #[derive(Debug, Clone, Copy)]
@@ -42,11 +42,13 @@ pub enum ReceiptError {
 impl ClipAck {
     /// The receipt's payload, signed by `key` (the control centre's).
     pub fn signed(&self, key: &DeviceKey) -> Vec<u8> {
-        let unsigned = ClipAck {
-            signature: None,
-            ..self.clone()
-        };
-        sign_json(&serde_json::to_vec(&unsigned).expect("ack serializes"), key)
+        sign_value(
+            &ClipAck {
+                signature: None,
+                ..self.clone()
+            },
+            key,
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::DeviceKey;
 use crate::manifest::SignatureBlock;
-use crate::trust::{TrustError, TrustedKeys, sign_json};
+use crate::trust::{TrustError, TrustedKeys, sign_value};
 
 pub const SCHEMA_DESIRED: &str = "storeguard.config-desired/v1";
 pub const SCHEMA_REPORTED: &str = "storeguard.config-reported/v1";
@@ -138,10 +138,7 @@ pub trait Signed: serde::de::DeserializeOwned + Serialize + Clone {
 
     /// The payload, signed by the control centre's `key`.
     fn signed(&self, key: &DeviceKey) -> Vec<u8> {
-        sign_json(
-            &serde_json::to_vec(&self.strip_signature()).expect("serializes"),
-            key,
-        )
+        sign_value(&self.strip_signature(), key)
     }
 }
 

@@ -143,6 +143,15 @@ pub fn sign_json(unsigned: &[u8], key: &DeviceKey) -> Vec<u8> {
     out
 }
 
+/// A payload struct (its `signature` left out), serialised compactly and signed.
+pub fn sign_value<T: serde::Serialize>(unsigned: &T, key: &DeviceKey) -> Vec<u8> {
+    // Plain structs of strings and numbers: serialisation cannot fail.
+    sign_json(
+        &serde_json::to_vec(unsigned).expect("payload serializes"),
+        key,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

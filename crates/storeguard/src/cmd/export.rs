@@ -23,14 +23,10 @@ pub struct ClipExport {
 impl ClipExport {
     pub async fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
         let cfg = st.config().config;
-        let Some(cam) = cfg.camera(&self.camera).cloned() else {
-            let known: Vec<_> = cfg.cameras.iter().map(|c| c.id.as_str()).collect();
-            return Err(CmdError::NotFound(format!(
-                "no camera {:?} (configured: {})",
-                self.camera,
-                known.join(", ")
-            )));
-        };
+        let cam = cfg
+            .known_camera(&self.camera)
+            .map_err(CmdError::NotFound)?
+            .clone();
         let from = time_arg("--from", &self.from)?;
         let to = time_arg("--to", &self.to)?;
         if from >= to {

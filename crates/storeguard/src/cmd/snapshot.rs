@@ -14,14 +14,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub async fn apply(self, st: &Arc<State>) -> Result<Reply, CmdError> {
         let cfg = st.config().config;
-        if cfg.camera(&self.camera).is_none() {
-            let known: Vec<_> = cfg.cameras.iter().map(|c| c.id.as_str()).collect();
-            return Err(CmdError::NotFound(format!(
-                "no camera {:?} (configured: {})",
-                self.camera,
-                known.join(", ")
-            )));
-        }
+        cfg.known_camera(&self.camera).map_err(CmdError::NotFound)?;
         let store = st.store.clone();
         blocking(
             move || match still::latest(&store, &self.camera, now_ns()) {

@@ -662,6 +662,14 @@ impl Config {
         self.cameras.iter().find(|c| c.id == id)
     }
 
+    /// The camera `id`, or why not: `no camera "x" (configured: cam1, cam2)`.
+    pub fn known_camera(&self, id: &str) -> Result<&Camera, String> {
+        self.camera(id).ok_or_else(|| {
+            let known: Vec<_> = self.cameras.iter().map(|c| c.id.as_str()).collect();
+            format!("no camera {id:?} (configured: {})", known.join(", "))
+        })
+    }
+
     /// The effective config as TOML with defaults filled in and secrets masked.
     pub fn to_toml_masked(&self) -> String {
         let mut c = self.clone();

@@ -4,8 +4,6 @@
 //! batches of crops, each already stretched to the model's 416×416 input.
 
 use crate::config::detect::Detect;
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use storeguard_detect::geom::Rect;
@@ -71,21 +69,6 @@ fn environment(lib: &Path) -> Result<&'static ort::environment::Environment, Det
     })
 }
 
-/// SHA-256 of a file, hex.
-pub fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// What `doctor` reports about the model.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
@@ -113,7 +96,7 @@ impl OrtDetector {
             path: path.clone(),
             reason,
         };
-        let sha256 = sha256_of(&path).map_err(|e| {
+        let (_, sha256) = storeguard_proto::sha256_file(&path).map_err(|e| {
             model_err(if e.kind() == std::io::ErrorKind::NotFound {
                 format!("{e} (the storeguard-model package installs it; or set detect.model)")
             } else {

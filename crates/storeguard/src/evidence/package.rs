@@ -466,13 +466,8 @@ fn check_destination(data_dir: &Path, out: &Path) -> Result<(), PackageError> {
 }
 
 fn camera_of<'a>(cfg: &'a Config, id: &str) -> Result<&'a Camera, PackageError> {
-    cfg.camera(id).ok_or_else(|| {
-        let known: Vec<_> = cfg.cameras.iter().map(|c| c.id.as_str()).collect();
-        refused(
-            Refusal::Unknown,
-            format!("no camera {id:?} (configured: {})", known.join(", ")),
-        )
-    })
+    cfg.known_camera(id)
+        .map_err(|why| refused(Refusal::Unknown, why))
 }
 
 fn plan(ctx: &Ctx<'_>, scope: &Scope) -> Result<(Option<PackEvent>, Vec<Part>), PackageError> {

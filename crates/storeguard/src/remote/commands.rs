@@ -1,7 +1,7 @@
 //! `cmd/{name}`: signed commands, each run once per request id, through the command layer
 //! where one exists. Results go to `cmd/{name}/result` through the outbox.
 
-use super::notify_uplink;
+use super::{blocking, notify_uplink};
 use crate::cmd::{self, Caller, CmdError, Reply, Via};
 use crate::evidence::incident::{Source, Trigger};
 use crate::state::State;
@@ -35,10 +35,6 @@ fn caller() -> Caller {
         pid: None,
         via: Via::Remote,
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// Checks, runs (once) and answers one command.
@@ -187,13 +183,7 @@ fn range(from: &str, to: &str) -> Result<(i64, i64), String> {
 fn known_cameras(st: &State, cameras: &[String]) -> Result<(), String> {
     let cfg = st.config().config;
     for c in cameras {
-        if cfg.camera(c).is_none() {
-            let known: Vec<_> = cfg.cameras.iter().map(|c| c.id.as_str()).collect();
-            return Err(format!(
-                "no camera {c:?} (configured: {})",
-                known.join(", ")
-            ));
-        }
+        cfg.known_camera(c)?;
     }
     if cameras.is_empty() {
         return Err("cameras: name at least one".into());

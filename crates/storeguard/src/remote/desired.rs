@@ -7,7 +7,7 @@
 //! config itself. The config file is always one whole version; a marker found at start-up
 //! means the trial was never confirmed, and the last good config goes back.
 
-use super::notify_uplink;
+use super::{blocking, notify_uplink};
 use crate::cmd::config::reload;
 use crate::config::{Config, ConfigError, version_of};
 use crate::state::State;
@@ -111,10 +111,6 @@ fn file_mode(p: &Path) -> u32 {
     std::fs::metadata(p)
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o600)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 pub fn load_status(st: &State) -> RemoteStatus {

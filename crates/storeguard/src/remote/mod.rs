@@ -41,8 +41,8 @@ pub async fn run(
             _ = shutdown.stopped() => break,
             _ = sweep.tick() => {
                 let store = st.store.clone();
-                let n = tokio::task::spawn_blocking(move || store.expire_holds(storeguard_base::now_ns())).await;
-                if let Ok(Ok(n)) = n && n > 0 {
+                let n = blocking(move || store.expire_holds(storeguard_base::now_ns())).await;
+                if let Ok(n) = n && n > 0 {
                     tracing::info!(locks = n, "remote holds expired");
                 }
             }
@@ -68,6 +68,11 @@ pub async fn run(
     }
     drop(desired_tx);
     worker.abort();
+}
+
+/// Store and file work off the async workers (the store asserts it in debug builds).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// Wakes the uplink after something was queued for it.

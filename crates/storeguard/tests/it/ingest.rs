@@ -3,7 +3,7 @@
 //! `storeguard_fixtures::quirks` in front of fakecam. The recording suite itself runs on
 //! retina; some of it runs here again on the fallback.
 
-use super::recording::{cameras, fleet, small, stop};
+use super::recording::{Seg, cameras, fleet, segments, small, stop};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use std::path::Path;
@@ -66,33 +66,6 @@ fn db(site: &Site) -> Connection {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .expect("open the index read-only")
-}
-
-#[derive(Debug)]
-struct Seg {
-    path: String,
-    start: i64,
-    end: i64,
-    frames: i64,
-    codec: String,
-}
-
-fn segments(c: &Connection, camera: &str) -> Vec<Seg> {
-    let mut st = c
-        .prepare("SELECT path, start_ns, end_ns, frames, codec FROM segment WHERE camera = ?1 ORDER BY start_ns")
-        .unwrap();
-    st.query_map([camera], |r| {
-        Ok(Seg {
-            path: r.get(0)?,
-            start: r.get(1)?,
-            end: r.get(2)?,
-            frames: r.get(3)?,
-            codec: r.get(4)?,
-        })
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
 }
 
 fn gap_reasons(c: &Connection, camera: &str) -> Vec<String> {

@@ -170,18 +170,20 @@ fn db_at(data_dir: &Path) -> Connection {
 }
 
 #[derive(Debug, Clone)]
-struct Seg {
-    path: String,
-    start: i64,
-    end: i64,
-    bytes: i64,
-    frames: i64,
-    state: i64,
+pub(crate) struct Seg {
+    pub(crate) path: String,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) bytes: i64,
+    pub(crate) frames: i64,
+    pub(crate) state: i64,
+    pub(crate) codec: String,
 }
 
-fn segments(c: &Connection, camera: &str) -> Vec<Seg> {
+/// A camera's segment rows, oldest first.
+pub(crate) fn segments(c: &Connection, camera: &str) -> Vec<Seg> {
     let mut st = c
-        .prepare("SELECT path, start_ns, end_ns, bytes, frames, state FROM segment WHERE camera = ?1 ORDER BY start_ns")
+        .prepare("SELECT path, start_ns, end_ns, bytes, frames, state, codec FROM segment WHERE camera = ?1 ORDER BY start_ns")
         .unwrap();
     st.query_map([camera], |r| {
         Ok(Seg {
@@ -191,6 +193,7 @@ fn segments(c: &Connection, camera: &str) -> Vec<Seg> {
             bytes: r.get(3)?,
             frames: r.get(4)?,
             state: r.get(5)?,
+            codec: r.get(6)?,
         })
     })
     .unwrap()

@@ -163,29 +163,6 @@ fn camera_state(site: &Site, id: &str) -> String {
         .unwrap_or_default()
 }
 
-fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], retain: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("p");
-    std::fs::write(&f, payload).unwrap();
-    let mut c = Command::new("mosquitto_pub");
-    c.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-q",
-        "1",
-        "-t",
-        topic,
-        "-f",
-    ])
-    .arg(&f);
-    if retain {
-        c.arg("-r");
-    }
-    assert!(c.status().unwrap().success(), "mosquitto_pub {topic}");
-}
-
 fn topic(suffix: &str) -> String {
     format!("storeguard/v1/{SITE}/{DEVICE}/{suffix}")
 }
@@ -247,8 +224,7 @@ fn remote_configs_apply_or_are_rejected_with_their_reasons() {
         (Some(0), Some("applied")),
         "{r}"
     );
-    mosquitto_pub(
-        broker.port(),
+    broker.publish(
         &topic("config/desired"),
         &std::fs::read(&saved).unwrap(),
         true,
@@ -301,7 +277,7 @@ fn a_kill_9_during_an_apply_leaves_the_old_or_the_new_config() {
             "round {round}: a mix on disk:\n{now}"
         );
         // The retained desired config would be applied again: clear it first.
-        mosquitto_pub(rig.broker.port(), &topic("config/desired"), b"", true);
+        rig.broker.publish(&topic("config/desired"), b"", true);
         rig.daemon = rig.site.start();
         let after = rig.on_disk();
         assert!(after == old || after == new, "round {round}");
@@ -515,12 +491,10 @@ fn malformed_and_oversized_inbound_messages_are_refused_and_nothing_breaks() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let port = broker.port();
-    mosquitto_pub(port, &topic("cmd/status"), b"garbage", false);
-    mosquitto_pub(port, &topic("cmd/status"), br#"{"schema":"storeguard.cmd/v1","site_id":"test-store","device_id":"test-box","request_id":"u1","issued_at":"2026-01-01T00:00:00Z","expires_at":"2099-01-01T00:00:00Z","args":{}}"#, false);
-    mosquitto_pub(port, &topic("cmd/status"), &vec![b'{'; 2 << 20], false);
-    mosquitto_pub(
-        port,
+    broker.publish(&topic("cmd/status"), b"garbage", false);
+    broker.publish(&topic("cmd/status"), br#"{"schema":"storeguard.cmd/v1","site_id":"test-store","device_id":"test-box","request_id":"u1","issued_at":"2026-01-01T00:00:00Z","expires_at":"2099-01-01T00:00:00Z","args":{}}"#, false);
+    broker.publish(&topic("cmd/status"), &vec![b'{'; 2 << 20], false);
+    broker.publish(
         &topic("cmd/restart_camera"),
         br#"{"request_id":"u2"}"#,
         false,
@@ -536,7 +510,7 @@ fn malformed_and_oversized_inbound_messages_are_refused_and_nothing_breaks() {
     assert!(text.contains("unreadable"), "{text}");
     assert!(text.contains("not signed"), "{text}");
 
-    mosquitto_pub(port, &topic("config/desired"), b"not json", true);
+    broker.publish(&topic("config/desired"), b"not json", true);
     wait_until_within(
         "the unreadable config to be reported",
         Duration::from_secs(10),
@@ -547,7 +521,7 @@ fn malformed_and_oversized_inbound_messages_are_refused_and_nothing_breaks() {
                 .contains("unreadable")
         },
     );
-    mosquitto_pub(port, &topic("config/desired"), &vec![b'x'; 3 << 20], true);
+    broker.publish(&topic("config/desired"), &vec![b'x'; 3 << 20], true);
     std::thread::sleep(Duration::from_secs(1));
     let st = site.status();
     assert_eq!(st["uplink"]["connected"], true, "{st}");
@@ -637,7 +611,7 @@ fn the_openssl_recipe_signs_a_config_the_box_applies() {
     };
     assert!(ok, "{text}");
     let desired = std::fs::read(work.path().join("desired.json")).unwrap();
-    mosquitto_pub(broker.port(), &topic("config/desired"), &desired, true);
+    broker.publish(&topic("config/desired"), &desired, true);
     wait_until_within(
         "the openssl-signed config to apply",
         Duration::from_secs(20),

@@ -16,19 +16,6 @@ fn the_fixture_key_pair_matches() {
     assert_eq!(centre_key().public_key_b64(), centre::PUBLIC_KEY);
 }
 
-fn publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("payload");
-    std::fs::write(&file, payload).unwrap();
-    let mut cmd = mosquitto_pub(port);
-    cmd.args(["-t", topic, "-f"]).arg(&file);
-    if retain {
-        cmd.arg("-r");
-    }
-    let st = cmd.status().expect("run mosquitto_pub");
-    assert!(st.success(), "mosquitto_pub {topic}");
-}
-
 /// A receipt as a true control centre would sign it for `dev`'s sealed clip `uid`.
 fn true_receipt(dev: &Device, uid: &str, status: AckStatus) -> ClipAck {
     let row = dev.store.clip(uid).unwrap().unwrap();
@@ -125,7 +112,7 @@ fn forged_receipts_are_rejected_and_a_true_one_releases_the_clip() {
         forgeries.push((what, a.signed(&centre_key())));
     }
     for (i, (what, payload)) in forgeries.iter().enumerate() {
-        publish(broker.port(), &topic, payload, true);
+        broker.publish(&topic, payload, true);
         wait_until(10, &format!("the box to reject {what}"), || {
             receipts_rejected(&up) == i as u64 + 1
         });
@@ -150,7 +137,7 @@ fn forged_receipts_are_rejected_and_a_true_one_releases_the_clip() {
     assert_eq!(retained(broker.port(), &topic), "");
 
     let payload = good.signed(&centre_key());
-    publish(broker.port(), &topic, &payload, true);
+    broker.publish(&topic, &payload, true);
     wait_until(10, "the true receipt to release the clip", || {
         dev.clip_state("clip-f") == "acked"
     });
@@ -184,12 +171,7 @@ fn a_signed_incomplete_resumes_the_upload_and_an_unsigned_one_changes_nothing() 
     a.resend_from = Some(0);
     let chunks = up.status()["chunks_published"].as_u64().unwrap();
 
-    publish(
-        broker.port(),
-        &topic,
-        &serde_json::to_vec(&a).unwrap(),
-        true,
-    );
+    broker.publish(&topic, &serde_json::to_vec(&a).unwrap(), true);
     wait_until(10, "the unsigned receipt to be rejected", || {
         receipts_rejected(&up) == 1
     });
@@ -199,7 +181,7 @@ fn a_signed_incomplete_resumes_the_upload_and_an_unsigned_one_changes_nothing() 
     );
     assert_eq!(up.status()["chunks_published"].as_u64().unwrap(), chunks);
 
-    publish(broker.port(), &topic, &a.signed(&centre_key()), true);
+    broker.publish(&topic, &a.signed(&centre_key()), true);
     wait_until(15, "the upload to be sent again from 0", || {
         up.status()["chunks_published"].as_u64().unwrap() >= chunks + 3
     });
@@ -216,7 +198,7 @@ fn a_20_mb_retained_message_does_not_cut_the_link() {
     let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
     let dev_id = "box-p";
     let poison = format!("{}evidence/poison/ack", topics::prefix(SITE, dev_id));
-    publish(broker.port(), &poison, &vec![b'x'; 20 << 20], true);
+    broker.publish(&poison, &vec![b'x'; 20 << 20], true);
     // It is there, for any client that does not refuse it.
     assert_eq!(retained(broker.port(), &poison).trim_end().len(), 20 << 20);
     let rx = Rx::start(&broker.url());
