@@ -31,6 +31,7 @@ kinds = {
     "chunk-header.json": "chunk-header", "clip-ack.json": "clip-ack",
     "clip-ack-incomplete.json": "clip-ack", "config-desired.json": "config-desired",
     "config-reported.json": "config-reported", "cmd.json": "cmd", "cmd-result.json": "cmd-result",
+    "shot.json": "shot",
 }
 bad = 0
 for sample, kind in sorted(kinds.items()):

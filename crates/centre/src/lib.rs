@@ -253,6 +253,7 @@ impl Receiver {
         let r = match p.kind {
             Kind::Alert => self.on_record(&site, &device, payload, true),
             Kind::Health => self.on_record(&site, &device, payload, false),
+            Kind::Shot => self.on_shot(&site, &device, payload),
             Kind::Status => {
                 match serde_json::from_slice::<topics::Status>(payload) {
                     Ok(s) => {
@@ -295,6 +296,79 @@ impl Receiver {
         };
         let line = format!("{} {topic} {id}\n", topics::utc_ms(topics::now_ns()));
         let _ = self.deliveries.write_all(line.as_bytes());
+    }
+
+    /// A best shot or still: its JPEGs under `shots/{site}/{device}/`, a line in
+    /// `shots.jsonl` (without the base64), a SHOT line on stdout.
+    fn on_shot(
+        &mut self,
+        site: &str,
+        device: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        use base64::Engine;
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(payload).context("payload is not a JSON object")?;
+        let shot: topics::Shot = serde_json::from_value(serde_json::Value::Object(
+            v.iter()
+                .filter(|(k, _)| k.as_str() != "msg_id")
+                .map(|(k, x)| (k.clone(), x.clone()))
+                .collect(),
+        ))
+        .context("not a storeguard.shot/v1")?;
+        let msg_id = v
+            .get("msg_id")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{device}:sha256:{}", hex::encode(Sha256::digest(payload))));
+        if !self.seen.insert(msg_id.clone()) {
+            return Ok(Vec::new());
+        }
+        let dir = self.out.join("shots").join(site).join(device);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let stem = msg_id.replace([':', '/'], "_");
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut files = serde_json::Map::new();
+        for (field, data) in [
+            ("crop_jpeg", shot.crop_jpeg.as_deref()),
+            ("frame_jpeg", Some(shot.frame_jpeg.as_str())),
+        ] {
+            let Some(data) = data else { continue };
+            let bytes = b64
+                .decode(data)
+                .with_context(|| format!("{field}: not base64"))?;
+            let path = dir.join(format!("{stem}-{}.jpg", field.trim_end_matches("_jpeg")));
+            std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+            files.insert(field.to_string(), path.display().to_string().into());
+            v.remove(field);
+        }
+        let line = serde_json::json!({
+            "site": site, "device": device, "msg_id": msg_id,
+            "received_at": topics::utc_ms(topics::now_ns()), "payload": v, "files": files,
+        });
+        let mut bytes = serde_json::to_vec(&line)?;
+        bytes.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.out.join("shots.jsonl"))
+            .context("open shots.jsonl")?;
+        if let Err(e) = f.write_all(&bytes).and_then(|()| f.sync_data()) {
+            self.seen.remove(&msg_id);
+            return Err(anyhow!("append to shots.jsonl: {e}"));
+        }
+        println!(
+            "SHOT site={site} device={device} event={} camera={} reason={} track={} crop={}",
+            word(shot.event_id.as_deref().unwrap_or("-")),
+            word(&shot.camera),
+            word(&shot.reason),
+            shot.track.map_or("-".to_string(), |t| t.to_string()),
+            files
+                .get("crop_jpeg")
+                .and_then(|p| p.as_str())
+                .map_or("-".to_string(), word),
+        );
+        Ok(Vec::new())
     }
 
     fn on_record(

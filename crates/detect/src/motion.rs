@@ -140,6 +140,11 @@ impl MotionDetector {
         &self.mask
     }
 
+    /// The small frame's size it expects.
+    pub fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
     pub fn update(&mut self, f: &Luma) -> Result<Motion, FrameError> {
         f.expect_size(self.width, self.height)?;
         let px = f.data();
@@ -376,11 +381,14 @@ pub struct GateStats {
 
 /// Motion gate with the slow refresh: every `refresh` the whole frame is inferred even
 /// without motion, so a person who stands still (and so has faded into the background) is
-/// still seen, and the tracker keeps them.
+/// still seen, and the tracker keeps them. Only while someone could be standing there:
+/// someone is tracked, or something moved since the last full look. Nobody arrives
+/// without moving, so a scene that stayed empty and still costs no inference at all.
 #[derive(Debug, Clone)]
 pub struct Gate {
     refresh_ns: i64,
     last_full_ns: Option<i64>,
+    moved_since_full: bool,
     plan: CropPlan,
     stats: GateStats,
 }
@@ -390,6 +398,7 @@ impl Gate {
         Gate {
             refresh_ns: i64::try_from(refresh.as_nanos()).unwrap_or(i64::MAX),
             last_full_ns: None,
+            moved_since_full: false,
             plan,
             stats: GateStats::default(),
         }
@@ -399,14 +408,25 @@ impl Gate {
         &self.stats
     }
 
-    /// `motion` as from [`MotionDetector::update`]; the frame's size in pixels.
-    pub fn decide(&mut self, at_ns: i64, motion: &[Rect], frame_w: u32, frame_h: u32) -> Plan {
+    /// `motion` as from [`MotionDetector::update`]; the frame's size in pixels;
+    /// `tracking`: the camera's tracker holds someone.
+    pub fn decide(
+        &mut self,
+        at_ns: i64,
+        motion: &[Rect],
+        frame_w: u32,
+        frame_h: u32,
+        tracking: bool,
+    ) -> Plan {
         self.stats.frames += 1;
         let whole = Rect::frame(frame_w as f32, frame_h as f32);
+        self.moved_since_full |= !motion.is_empty();
+        let watching = tracking || self.moved_since_full;
         // A clock stepped backwards also makes a refresh due, rather than none for a long time.
-        let due = self
-            .last_full_ns
-            .is_none_or(|t| at_ns < t || at_ns.saturating_sub(t) >= self.refresh_ns);
+        let due = match self.last_full_ns {
+            None => true,
+            Some(t) => watching && (at_ns < t || at_ns.saturating_sub(t) >= self.refresh_ns),
+        };
         let crops = plan_crops(motion, frame_w, frame_h, &self.plan);
         if crops.is_empty() && !due {
             self.stats.skipped += 1;
@@ -418,6 +438,7 @@ impl Gate {
             }
             self.stats.full += 1;
             self.last_full_ns = Some(at_ns);
+            self.moved_since_full = false;
             return Plan::Full(whole);
         }
         self.stats.cropped += 1;
@@ -608,17 +629,27 @@ mod tests {
         let still: &[Rect] = &[];
         let walker = [Rect::new(0.5, 0.5, 0.52, 0.6)];
         // The first frame is always a full look.
-        assert!(matches!(g.decide(0, still, 1920, 1080), Plan::Full(_)));
+        assert!(matches!(
+            g.decide(0, still, 1920, 1080, false),
+            Plan::Full(_)
+        ));
         for t in 1..10 {
-            assert_eq!(g.decide(t * S, still, 1920, 1080), Plan::Skip);
+            assert_eq!(g.decide(t * S, still, 1920, 1080, false), Plan::Skip);
         }
         assert!(
-            matches!(g.decide(9 * S + S / 2, &walker, 1920, 1080), Plan::Crops(c) if c.len() == 1)
+            matches!(g.decide(9 * S + S / 2, &walker, 1920, 1080, false), Plan::Crops(c) if c.len() == 1)
         );
-        assert!(matches!(g.decide(10 * S, still, 1920, 1080), Plan::Full(_)));
-        assert_eq!(g.decide(11 * S, still, 1920, 1080), Plan::Skip);
-        // A clock stepped back: refresh now rather than in a long while.
-        assert!(matches!(g.decide(3 * S, still, 1920, 1080), Plan::Full(_)));
+        // Something moved since the last full look: the refresh is due.
+        assert!(matches!(
+            g.decide(10 * S, still, 1920, 1080, false),
+            Plan::Full(_)
+        ));
+        assert_eq!(g.decide(11 * S, still, 1920, 1080, true), Plan::Skip);
+        // A clock stepped back with someone tracked: refresh now rather than in a long while.
+        assert!(matches!(
+            g.decide(3 * S, still, 1920, 1080, true),
+            Plan::Full(_)
+        ));
         let s = *g.stats();
         assert_eq!(
             s,
@@ -630,5 +661,21 @@ mod tests {
                 refreshes: 3
             }
         );
+    }
+
+    #[test]
+    fn an_empty_still_scene_is_never_refreshed() {
+        const S: i64 = 1_000_000_000;
+        let mut g = Gate::new(Duration::from_secs(10), CropPlan::default());
+        assert!(matches!(g.decide(0, &[], 640, 360, false), Plan::Full(_)));
+        for t in 1..1000 {
+            assert_eq!(g.decide(t * S, &[], 640, 360, false), Plan::Skip);
+        }
+        // Someone tracked (standing still): refreshed on time.
+        assert!(matches!(
+            g.decide(1000 * S, &[], 640, 360, true),
+            Plan::Full(_)
+        ));
+        assert_eq!(g.stats().skipped, 999);
     }
 }

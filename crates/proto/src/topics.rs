@@ -63,6 +63,7 @@ pub enum Kind<'a> {
     Status,
     Alert,
     Health,
+    Shot,
     Manifest(&'a str),
     Chunk(&'a str),
     ClipAck(&'a str),
@@ -86,6 +87,7 @@ pub fn parse(topic: &str) -> Option<Parsed<'_>> {
         ["status"] => Kind::Status,
         ["alert"] => Kind::Alert,
         ["health"] => Kind::Health,
+        ["shot"] => Kind::Shot,
         ["evidence", clip, "manifest"] if !clip.is_empty() => Kind::Manifest(clip),
         ["evidence", clip, "chunk"] if !clip.is_empty() => Kind::Chunk(clip),
         ["evidence", clip, "ack"] if !clip.is_empty() => Kind::ClipAck(clip),
@@ -209,6 +211,43 @@ pub fn site_alert_payload(
     }
     v["cameras"] = ev.cameras.into();
     serde_json::to_vec(&v).expect("alert serializes")
+}
+
+pub const SCHEMA_SHOT: &str = "storeguard.shot/v1";
+
+/// A `shot` message (class 1, evidence): one person's best shot (the "today image"), or a
+/// plain still when nobody was tracked, for an event, a press or a tamper alarm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shot {
+    pub schema: String,
+    pub site_id: String,
+    pub device_id: String,
+    /// The event it belongs to; `None` for a tamper still (see `health`).
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// `event` (a detection event's own shot), `press` (people seen before a press),
+    /// `still` (nobody was tracked: the latest picture), `tamper`.
+    pub reason: String,
+    /// For a tamper still: the health event's kind (`tamper_covered`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    pub camera: String,
+    /// UTC of the picture the shot was taken from.
+    pub at: String,
+    #[serde(default)]
+    pub track: Option<u64>,
+    #[serde(default)]
+    pub score: Option<f32>,
+    /// The person's box in the frame, normalised `[x0, y0, x1, y1]`.
+    #[serde(default, rename = "box")]
+    pub bbox: Option<[f32; 4]>,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    /// JPEG of the person's crop, base64; `None` for a still.
+    #[serde(default)]
+    pub crop_jpeg: Option<String>,
+    /// JPEG of the whole frame (a thumbnail at most 640 wide), base64.
+    pub frame_jpeg: String,
 }
 
 /// A `health` payload (class 3): `fields` (an object) plus `schema` and `at`.
@@ -504,6 +543,27 @@ mod samples {
                 "d1:8",
             )
             .unwrap(),
+        );
+        let shot = Shot {
+            schema: SCHEMA_SHOT.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            event_id: Some("ev-1".into()),
+            reason: "press".into(),
+            health: None,
+            camera: "cam1".into(),
+            at: utc_ms(now_ns()),
+            track: Some(3),
+            score: Some(0.8),
+            bbox: Some([0.1, 0.2, 0.3, 0.9]),
+            frame_width: 1920,
+            frame_height: 1080,
+            crop_jpeg: Some("/9j/4A==".into()),
+            frame_jpeg: "/9j/4A==".into(),
+        };
+        w(
+            "shot.json",
+            &with_msg_id(&serde_json::to_vec(&shot).unwrap(), "d1:9").unwrap(),
         );
         let key_dir = dir.join("key");
         let key = crate::keys::DeviceKey::load_or_create(&key_dir).unwrap();

@@ -5,7 +5,8 @@
 
 use crate::button::service::{Buttons, Signal};
 use crate::camera::Supervisor;
-use crate::config::Loaded;
+use crate::config::{Config, Loaded};
+use crate::detect::{Detection, Output};
 use crate::evidence::incident::Incidents;
 use crate::recording::Recorder;
 use crate::store::Store;
@@ -29,6 +30,10 @@ pub struct State {
     /// `remote.enabled` is off.
     pub inbound: Option<InboundSink>,
     pub cameras: Supervisor,
+    /// None when `detect.enabled` is off.
+    pub detection: Mutex<Option<Detection>>,
+    /// Where detection's events and alarms go (the daemon commits them).
+    pub detect_out: tokio::sync::mpsc::UnboundedSender<Output>,
     pub started: Instant,
     pub started_utc: DateTime<Utc>,
     pub config: RwLock<Loaded>,
@@ -58,6 +63,37 @@ impl State {
         self.uplink_refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn detection(&self) -> MutexGuard<'_, Option<Detection>> {
+        self.detection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (Re)starts detection for `cfg`: the old threads stop first. Blocking (a decode in
+    /// progress finishes). A detection that cannot start is logged; recording goes on.
+    pub fn restart_detection(&self, cfg: &Config) {
+        self.recorder.set_keyframe_tap(None);
+        let mut slot = self.detection();
+        if let Some(mut old) = slot.take() {
+            old.stop();
+        }
+        if !cfg.detect.enabled {
+            return;
+        }
+        match Detection::start(
+            cfg,
+            crate::detect::service::ort_factory(),
+            self.detect_out.clone(),
+        ) {
+            Ok((d, tap)) => {
+                self.recorder.set_keyframe_tap(Some(tap));
+                tracing::info!(cameras = d.summary().cameras, "detection started");
+                *slot = Some(d);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "detection cannot start; recording goes on without it")
+            }
+        }
     }
 
     /// One line for `systemctl status`.

@@ -89,6 +89,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Test hooks, refused unless the config enables them.
+    #[command(subcommand, hide = true)]
+    Debug(DebugCmd),
     /// Run the configured person detector on image files (no daemon needed) and print
     /// the boxes with their scores.
     Detect {
@@ -176,6 +179,15 @@ enum EvidenceCmd {
         clip: String,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// Hang or crash the running detector (needs detect.fault_injection).
+    DetectorFault {
+        #[arg(value_parser = ["hang", "panic"])]
+        fault: String,
     },
 }
 
@@ -300,6 +312,15 @@ pub fn dispatch(args: Args) -> Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Evidence(EvidenceCmd::Get { clip, out }) => evidence_get(&args, clip, out),
+        Cmd::Debug(DebugCmd::DetectorFault { fault }) => {
+            let v = args.client().call(
+                "POST",
+                "/v1/debug/detector-fault",
+                Some(&serde_json::json!({ "fault": fault })),
+            )?;
+            println!("{v}");
+            Ok(exit::OK)
+        }
         Cmd::Snapshot { camera, out } => {
             let n = args
                 .client()

@@ -123,6 +123,40 @@ pub fn cameras(v: &Value) -> String {
             kept,
             c["last_error"].as_str().unwrap_or("")
         );
+        let d = &c["detect"];
+        if d.is_object() {
+            let n = |k: &str| d[k].as_u64().unwrap_or(0);
+            let tamper: Vec<&str> = d["tamper"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str())
+                .collect();
+            let _ = writeln!(
+                o,
+                "    detect: {} via {}, {} inferences ({}), {} saved by motion, {} dropped, {} decode errors, {} people tracked{}{}",
+                s(&d["source"]),
+                d["decoder"].as_str().unwrap_or("-"),
+                n("inferences"),
+                d["last_inference_s_ago"]
+                    .as_f64()
+                    .map(|a| format!("last {a:.1}s ago"))
+                    .unwrap_or("none yet".into()),
+                n("skipped_static"),
+                n("dropped"),
+                n("decode_errors"),
+                d["tracks"].as_array().map_or(0, |t| t.len()),
+                if tamper.is_empty() {
+                    String::new()
+                } else {
+                    format!(", TAMPER: {}", tamper.join(", "))
+                },
+                d["last_error"]
+                    .as_str()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
         for g in c["recent_gaps"].as_array().into_iter().flatten() {
             let end = g["end"]
                 .as_str()

@@ -14,6 +14,7 @@ impl Cameras {
         let s = st.clone();
         blocking(move || {
             let ring = s.recorder.ring_status();
+            let detection = s.detection();
             let mut out = Vec::new();
             for h in s.cameras.health() {
                 let gaps = s.store.recent_gaps(&h.id, 5).map_err(CmdError::internal)?;
@@ -26,9 +27,11 @@ impl Cameras {
                     .iter()
                     .map(|g| json!({ "start": utc_ms(g.start_ns), "end": g.end_ns.map(utc_ms), "reason": g.reason }))
                     .collect::<Vec<_>>());
+                v["detect"] = json!(detection.as_ref().and_then(|d| d.camera(&h.id)));
                 out.push(v);
             }
-            Ok(Reply::Json(json!({ "cameras": out, "ring": ring })))
+            let summary = detection.as_ref().map(|d| d.summary());
+            Ok(Reply::Json(json!({ "cameras": out, "ring": ring, "detection": summary })))
         })
         .await
     }

@@ -146,7 +146,17 @@ async fn reload_inner(st: &Arc<State>) -> Result<ReloadOutcome, CmdError> {
         *b = Buttons::start(&new.config.buttons, tx);
         tracing::info!("buttons restarted with the new config");
     }
+    let detect_changed = differs(&old.config.detect, &new.config.detect)
+        || differs(&old.config.cameras, &new.config.cameras);
     *st.config.write().unwrap_or_else(|p| p.into_inner()) = new;
+    if detect_changed {
+        let s = st.clone();
+        blocking(move || {
+            s.restart_detection(&s.config().config);
+            Ok(())
+        })
+        .await?;
+    }
     tracing::info!(from = %outcome.previous, to = %outcome.version, "config reloaded");
     Ok(outcome)
 }

@@ -11,6 +11,7 @@
 pub mod buttons;
 pub mod cameras;
 pub mod config;
+pub mod detector;
 pub mod doctor;
 pub mod events;
 pub mod export;
@@ -58,6 +59,7 @@ pub enum Command {
     Snapshot(snapshot::Snapshot),
     ConfigStatus(config::RemoteStatus),
     Reload(config::Reload),
+    DetectorFault(detector::DetectorFault),
 }
 
 /// What a command gives back.
@@ -127,6 +129,7 @@ impl Command {
             Command::Snapshot(c) => c.apply(st).await,
             Command::ConfigStatus(c) => c.apply(st).await,
             Command::Reload(c) => c.apply(st).await,
+            Command::DetectorFault(c) => c.apply(st),
         }
     }
 }

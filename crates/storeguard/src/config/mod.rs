@@ -224,6 +224,9 @@ pub struct Camera {
     /// Keep at least this many days of this camera, even over its weighted share.
     #[serde(default)]
     pub min_days: Option<f64>,
+    /// Person detection on this camera (when `[detect] enabled`).
+    #[serde(default)]
+    pub detect: detect::CameraDetect,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -570,6 +573,7 @@ impl Config {
                     );
                 }
             }
+            c.detect.validate(&format!("{p}.detect"), v);
             if !(c.weight > 0.0 && c.weight <= 100.0) {
                 v.err(
                     &format!("{p}.weight"),

@@ -119,6 +119,7 @@ fn parse(req: &Request) -> Result<Command, Response> {
         ("GET", ["v1", "config"]) => Command::ConfigShow(Default::default()),
         ("GET", ["v1", "config", "status"]) => Command::ConfigStatus(Default::default()),
         ("POST", ["v1", "config", "reload"]) => Command::Reload(Default::default()),
+        ("POST", ["v1", "debug", "detector-fault"]) => Command::DetectorFault(req.json()?),
         (_, ["v1", ..]) => {
             return Err(Response::error(
                 404,

@@ -6,6 +6,7 @@
 //! The daemon builds the [`State`] and wires the transports to it; every operation on
 //! it is a command (`cmd`).
 
+mod detection;
 mod watchdog;
 
 use crate::button::service::{Buttons, Signal};
@@ -121,6 +122,7 @@ async fn run_async(
     let buttons = Buttons::start(&cfg.buttons, sig_tx.clone());
 
     let (shutdown, shutdown_rx) = shutdown::channel();
+    let (detect_out, detect_rx) = tokio::sync::mpsc::unbounded_channel();
     let state = Arc::new(State {
         recorder,
         incidents,
@@ -130,6 +132,8 @@ async fn run_async(
         uplink_refused: std::sync::Mutex::new(uplink_refused),
         inbound,
         cameras,
+        detection: std::sync::Mutex::new(None),
+        detect_out,
         started: Instant::now(),
         started_utc: Utc::now(),
         config: RwLock::new(loaded),
@@ -148,6 +152,9 @@ async fn run_async(
         sd_notify::watchdog_enabled(),
         shutdown_rx.clone(),
     ));
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || st.restart_detection(&st.config().config)).await?;
+    let detect_task = tokio::spawn(detection::run(state.clone(), detect_rx));
     // Button signals are handled one at a time, in order: each is a durable commit.
     let st = state.clone();
     let signal_task = tokio::spawn(async move {
@@ -159,8 +166,16 @@ async fn run_async(
                 );
                 continue;
             };
-            if let Err(e) = st.incidents.trigger(trigger, &cfg.site).await {
-                tracing::error!("recording button event failed: {e:#}");
+            let press = (trigger.kind == "isb_press")
+                .then(|| (trigger.cameras.clone(), trigger.window, trigger.at_ns));
+            match st.incidents.trigger(trigger, &cfg.site).await {
+                // The today image follows the committed alert; it never holds it up.
+                Ok(uid) => {
+                    if let Some((cameras, Some((from, _)), at)) = press {
+                        tokio::spawn(detection::today_images(st.clone(), uid, cameras, from, at));
+                    }
+                }
+                Err(e) => tracing::error!("recording button event failed: {e:#}"),
             }
         }
     });
@@ -207,8 +222,13 @@ async fn run_async(
         let _ = remote_task.await;
         signal_task.abort();
         wake_task.abort();
+        detect_task.abort();
         // Cameras first, so the recorder's final sync sees every last frame.
         let _ = tokio::task::spawn_blocking(move || {
+            st.recorder.set_keyframe_tap(None);
+            if let Some(mut d) = st.detection().take() {
+                d.stop();
+            }
             st.buttons().shutdown();
             st.cameras.shutdown();
             st.recorder.shutdown();
@@ -332,6 +352,7 @@ pub fn button_trigger(sig: &Signal, cfg: &Config) -> Option<Trigger> {
         cameras: b.cameras.clone(),
         window,
         detail: json!({ "wiring": b.wiring, "cameras": b.cameras }),
+        shots: Vec::new(),
     })
 }
 

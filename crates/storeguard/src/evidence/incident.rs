@@ -20,7 +20,7 @@ use std::time::Duration;
 use storeguard_base::{Shutdown, now_ns, utc_ms};
 use storeguard_proto::DeviceKey;
 use storeguard_proto::manifest::EventKind;
-use storeguard_proto::topics::{AlertEvent, site_alert_payload};
+use storeguard_proto::topics::{AlertEvent, Shot, site_alert_payload};
 use tokio::sync::{Notify, broadcast};
 
 /// How often a due clip job checks whether its camera has recorded past the window.
@@ -37,6 +37,8 @@ pub enum Source {
     Technician(u32),
     /// The control centre, by the request id of its signed command.
     Remote(String),
+    /// Person detection, by camera id.
+    Detector(String),
 }
 
 impl Source {
@@ -46,6 +48,7 @@ impl Source {
             Source::Button(_) => "button",
             Source::Technician(_) => "technician",
             Source::Remote(_) => "remote",
+            Source::Detector(_) => "detector",
         }
     }
 
@@ -54,6 +57,7 @@ impl Source {
             Source::Button(n) => n.clone(),
             Source::Technician(uid) => format!("uid {uid}"),
             Source::Remote(request) => format!("request {request}"),
+            Source::Detector(camera) => format!("camera {camera}"),
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct Trigger {
     /// The evidence window; `None` records the event without clips.
     pub window: Option<(i64, i64)>,
     pub detail: Value,
+    /// Best shots committed with the event (their `event_id` is filled in here).
+    pub shots: Vec<Shot>,
 }
 
 /// The evidence side of the daemon: triggers in, sealed clips out.
@@ -139,11 +145,21 @@ impl Incidents {
             test: t.test,
             detail: t.detail,
         };
+        let shots: Vec<Vec<u8>> = t
+            .shots
+            .into_iter()
+            .map(|mut s| {
+                s.event_id = Some(uid.clone());
+                serde_json::to_vec(&s).expect("a shot serializes")
+            })
+            .collect();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            store.record_event(
+            let extra: Vec<(&str, &[u8])> = shots.iter().map(|b| ("shot", &b[..])).collect();
+            store.record_event_with(
                 &ev,
                 alert.as_deref().map(|b| ("alert", b)),
+                &extra,
                 &clips,
                 now_ns(),
             )

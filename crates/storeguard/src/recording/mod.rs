@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use storeguard_base::now_ns;
-pub use writer::{Frame, SegmentWriter, StreamFormat};
+pub use writer::{Frame, Keyframe, KeyframeTap, SegmentWriter, StreamFormat};
 
 pub type SharedWriter = Arc<Mutex<SegmentWriter>>;
 
@@ -44,6 +44,8 @@ struct Shared {
     /// The ring's totals. Its lock also serialises sync rounds and eviction passes, so
     /// rows reach the index (and the totals) in the order they were written.
     usage: Mutex<ring::Usage>,
+    /// Given to every writer, present and future.
+    tap: Mutex<Option<KeyframeTap>>,
 }
 
 pub struct Recorder {
@@ -72,6 +74,7 @@ impl Recorder {
             evict_now: AtomicBool::new(true),
             status: Mutex::new(ring::RingStatus::default()),
             uncommitted: Mutex::new((Vec::new(), Vec::new())),
+            tap: Mutex::new(None),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -96,14 +99,19 @@ impl Recorder {
         }
         let last = self.shared.store.last_segment_end(camera)?;
         let dir = self.shared.store.data_dir().to_path_buf();
-        let x = Arc::new(Mutex::new(SegmentWriter::new(
-            camera,
-            &dir,
-            segment_len.as_nanos() as i64,
-            last,
-        )));
+        let mut writer = SegmentWriter::new(camera, &dir, segment_len.as_nanos() as i64, last);
+        writer.set_tap(lock(&self.shared.tap).clone());
+        let x = Arc::new(Mutex::new(writer));
         w.insert(camera.to_string(), x.clone());
         Ok(x)
+    }
+
+    /// Hands every camera's keyframes, as written, to `tap` (None: to nobody).
+    pub fn set_keyframe_tap(&self, tap: Option<KeyframeTap>) {
+        *lock(&self.shared.tap) = tap.clone();
+        for w in lock(&self.shared.writers).values() {
+            lock(w).set_tap(tap.clone());
+        }
     }
 
     /// Stops recording a camera: its open segment is closed and made durable.

@@ -22,6 +22,20 @@ pub struct Frame<'a> {
     pub keyframe: bool,
 }
 
+/// A keyframe as written to the ring, for whoever watches the recording (detection).
+#[derive(Debug, Clone, Copy)]
+pub struct Keyframe<'a> {
+    pub camera: &'a str,
+    pub format: StreamFormat,
+    /// The access unit in Annex B, parameter sets included.
+    pub data: &'a [u8],
+    pub pts_utc_ns: i64,
+}
+
+/// Called with every keyframe right after it is written, under the writer's lock:
+/// it must only copy and return (the recording never waits on detection).
+pub type KeyframeTap = std::sync::Arc<dyn Fn(&Keyframe<'_>) + Send + Sync>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamFormat {
     pub codec: VideoCodec,
@@ -99,6 +113,7 @@ pub struct SegmentWriter {
     /// The latest frame, held until we know no more of it is coming.
     pending: Option<Pending>,
     pending_data: Vec<u8>,
+    tap: Option<KeyframeTap>,
     pub stats: WriterStats,
 }
 
@@ -139,6 +154,7 @@ impl SegmentWriter {
             pending_prefix: Vec::new(),
             pending: None,
             pending_data: Vec::new(),
+            tap: None,
             stats: WriterStats::default(),
         }
     }
@@ -149,6 +165,10 @@ impl SegmentWriter {
 
     pub fn set_segment_len(&mut self, ns: i64) {
         self.segment_len_ns = ns;
+    }
+
+    pub fn set_tap(&mut self, tap: Option<KeyframeTap>) {
+        self.tap = tap;
     }
 
     pub fn set_time_source(&mut self, s: &'static str) {
@@ -312,6 +332,16 @@ impl SegmentWriter {
                 self.last_end_ns = Some(cur.end_ns);
                 self.stats.frames += 1;
                 self.stats.bytes += w.bytes;
+                if f.keyframe
+                    && let Some(tap) = &self.tap
+                {
+                    tap(&Keyframe {
+                        camera: &self.camera,
+                        format,
+                        data: f.data,
+                        pts_utc_ns: f.pts_utc_ns,
+                    });
+                }
                 Ok(())
             }
             Err(e) => {

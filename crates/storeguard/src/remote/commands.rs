@@ -274,6 +274,7 @@ async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> 
                 cameras: s.cameras.clone(),
                 window: Some((from, to)),
                 detail: json!({ "request_id": c.request_id, "from": utc_ms(from), "to": utc_ms(to) }),
+                shots: Vec::new(),
             };
             let event = st
                 .incidents

@@ -92,6 +92,19 @@ impl Store {
         clips: &[NewClip],
         now_ns: i64,
     ) -> Result<(i64, Option<i64>)> {
+        self.record_event_with(ev, alert, &[], clips, now_ns)
+    }
+
+    /// As [`Store::record_event`], with `extra` messages (topic, payload) queued as
+    /// evidence in the same transaction: a detection's best shots.
+    pub fn record_event_with(
+        &self,
+        ev: &EventRow,
+        alert: Option<(&str, &[u8])>,
+        extra: &[(&str, &[u8])],
+        clips: &[NewClip],
+        now_ns: i64,
+    ) -> Result<(i64, Option<i64>)> {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
@@ -112,6 +125,9 @@ impl Store {
                 )?,
                 None => None,
             };
+            for (topic, payload) in extra {
+                self.evidence_tx(&tx, topic, payload, now_ns)?;
+            }
             for clip in clips {
                 tx.execute(
                     "INSERT INTO retention_lock(camera, from_ns, to_ns, reason, created_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -194,15 +210,7 @@ impl Store {
                 params![id, path, sha256, bytes as i64, now_ns],
             )?;
             if let Some((topic, payload)) = manifest {
-                enqueue_tx(
-                    &tx,
-                    Class::Evidence,
-                    topic,
-                    payload,
-                    false,
-                    now_ns,
-                    self.outbox_limits(),
-                )?;
+                self.evidence_tx(&tx, topic, payload, now_ns)?;
             }
             tx.commit()
         })();

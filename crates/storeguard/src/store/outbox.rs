@@ -157,6 +157,25 @@ fn insert(
 }
 
 impl Store {
+    /// Queues an evidence-class message (never dropped, never retained) in `tx`.
+    pub(super) fn evidence_tx(
+        &self,
+        tx: &Transaction<'_>,
+        topic: &str,
+        payload: &[u8],
+        now_ns: i64,
+    ) -> rusqlite::Result<Option<i64>> {
+        enqueue_tx(
+            tx,
+            Class::Evidence,
+            topic,
+            payload,
+            false,
+            now_ns,
+            self.outbox_limits(),
+        )
+    }
+
     /// Commits a message; when this returns Ok(Some(id)), the message survives power cuts.
     pub fn enqueue(
         &self,
@@ -173,6 +192,27 @@ impl Store {
             let id = enqueue_tx(&tx, class, topic, payload, retain, now_ns, limits)?;
             tx.commit()?;
             Ok(id)
+        })();
+        self.sq(r)
+    }
+
+    /// Commits evidence-class messages (never dropped) on one topic, all or none.
+    pub fn enqueue_evidence(&self, topic: &str, payloads: &[Vec<u8>], now_ns: i64) -> Result<()> {
+        let mut c = self.conn();
+        let r = (|| {
+            let tx = c.transaction()?;
+            for p in payloads {
+                enqueue_tx(
+                    &tx,
+                    Class::Evidence,
+                    topic,
+                    p,
+                    false,
+                    now_ns,
+                    self.outbox_limits(),
+                )?;
+            }
+            tx.commit()
         })();
         self.sq(r)
     }

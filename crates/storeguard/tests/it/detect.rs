@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use storeguard_fixtures::harness::{Site, repo_root};
 use storeguard_fixtures::media;
 
-fn model() -> PathBuf {
+pub(crate) fn model() -> PathBuf {
     repo_root().join("models/nanodet-m-416-fp16w.onnx")
 }
 
-fn onnxruntime() -> PathBuf {
+pub(crate) fn onnxruntime() -> PathBuf {
     repo_root().join("local/onnxruntime/libonnxruntime.so.1.31.1")
 }
 

@@ -6,6 +6,7 @@
 mod cli;
 mod daemon;
 mod detect;
+mod detection;
 mod evidence_mp4;
 mod fakecam;
 mod ingest;

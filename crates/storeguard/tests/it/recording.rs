@@ -110,13 +110,13 @@ fn rec_config(data_dir: &str, storage: &str, cams: &[Cam]) -> String {
 
 /// `cameras --json`.
 #[track_caller]
-pub(super) fn cameras(site: &Site) -> Value {
+pub(crate) fn cameras(site: &Site) -> Value {
     let out = site.cli(&["cameras", "--json"]);
     out.expect(0);
     serde_json::from_str(&out.stdout).expect("cameras --json is JSON")
 }
 
-fn camera<'a>(v: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn camera<'a>(v: &'a Value, id: &str) -> &'a Value {
     v["cameras"]
         .as_array()
         .unwrap()

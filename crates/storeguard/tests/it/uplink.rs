@@ -52,9 +52,9 @@ fn wait_until(secs: u64, what: &str, done: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------- receiver process
 
-struct Rx {
+pub(crate) struct Rx {
     child: Child,
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -72,7 +72,7 @@ fn collect_lines(r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>, t
 }
 
 impl Rx {
-    fn start(url: &str) -> Rx {
+    pub(crate) fn start(url: &str) -> Rx {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().to_path_buf();
         let mut rx = Rx::start_in(url, &out);
@@ -120,7 +120,7 @@ impl Rx {
             .count()
     }
 
-    fn wait_subscribed(&self, n: usize) {
+    pub(crate) fn wait_subscribed(&self, n: usize) {
         wait_until(15, "the receiver's subscription", || {
             self.subscriptions() >= n
         });
@@ -134,7 +134,7 @@ impl Rx {
             .any(|l| l.contains(needle))
     }
 
-    fn lines(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn lines(&self, prefix: &str) -> Vec<String> {
         let o = self.stdout.lock().unwrap();
         o.iter()
             .filter(|l| l.starts_with(&format!("{prefix} ")))
@@ -143,7 +143,7 @@ impl Rx {
     }
 
     /// `key=value` fields of the ALERT lines from `device`.
-    fn alerts_from(&self, device: &str) -> Vec<String> {
+    pub(crate) fn alerts_from(&self, device: &str) -> Vec<String> {
         self.lines("ALERT")
             .iter()
             .filter(|l| field(l, "device") == device)
