@@ -108,6 +108,13 @@ enum Cmd {
         /// Override detect.min_score.
         #[arg(long)]
         min_score: Option<f32>,
+        /// Time N inferences of the first image: ONNX Runtime alone, then storeguard's
+        /// whole path (preprocess, run, decode, NMS), per image.
+        #[arg(long, value_name = "N")]
+        bench: Option<u32>,
+        /// Images per inference batch for --bench.
+        #[arg(long, default_value_t = 1, requires = "bench")]
+        batch: usize,
     },
 }
 
@@ -342,7 +349,12 @@ pub fn dispatch(args: Args) -> Result<u8> {
             model,
             onnxruntime,
             min_score,
-        } => detect(&args, images, *json, model, onnxruntime, *min_score),
+            bench,
+            batch,
+        } => match bench {
+            Some(n) => detect_bench(&args, &images[0], *n, *batch, model, onnxruntime),
+            None => detect(&args, images, *json, model, onnxruntime, *min_score),
+        },
         Cmd::Config(ConfigCmd::Show) => {
             let loaded = Config::load(&args.config)?;
             println!("# {} (version {})", loaded.path.display(), loaded.version);
@@ -493,6 +505,56 @@ fn detect(
     } else {
         print!("{}", output::detected(&out));
     }
+    Ok(exit::OK)
+}
+
+/// `detect --bench`: ms per image, ONNX Runtime alone against storeguard's path, on the
+/// same session, threads and batch; one JSON line.
+fn detect_bench(
+    args: &Args,
+    image: &Path,
+    n: u32,
+    batch: usize,
+    model: &Option<PathBuf>,
+    onnxruntime: &Option<PathBuf>,
+) -> Result<u8> {
+    use storeguard::detect::detector::{Detector, OrtDetector};
+    let cfg = detect_settings(args, model, onnxruntime, None);
+    let mut det = OrtDetector::open(&cfg)
+        .map_err(|e| exit::coded(exit::CONFIG, storeguard_base::error::chain(&e)))?;
+    let img = storeguard::detect::image_file::load(image)
+        .map_err(|e| exit::coded(exit::DATAERR, e.to_string()))?;
+    let batch = batch.clamp(1, 32);
+    let items = vec![img.item(); batch];
+    let fail =
+        |e: storeguard::detect::detector::DetectError| exit::coded(exit::SOFTWARE, e.to_string());
+    for _ in 0..3 {
+        det.detect(&items).map_err(fail)?;
+    }
+    let per_image =
+        |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3 / (n.max(1) as f64 * batch as f64);
+    // Interleaved rounds, so a change of machine load hits both alike.
+    let (mut raw, mut path) = (0.0, 0.0);
+    for _ in 0..n.max(1) {
+        let t = std::time::Instant::now();
+        det.run_raw(batch).map_err(fail)?;
+        raw += per_image(t);
+        let t = std::time::Instant::now();
+        det.detect(&items).map_err(fail)?;
+        path += per_image(t);
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "image": image.display().to_string(),
+            "iterations": n.max(1),
+            "batch": batch,
+            "threads": cfg.threads,
+            "raw_ms_per_image": (raw * 100.0).round() / 100.0,
+            "storeguard_ms_per_image": (path * 100.0).round() / 100.0,
+            "ratio": (path / raw * 1000.0).round() / 1000.0,
+        })
+    );
     Ok(exit::OK)
 }
 

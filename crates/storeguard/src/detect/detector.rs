@@ -173,6 +173,29 @@ impl OrtDetector {
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
+
+    /// ONNX Runtime alone on the input of the last `detect`, for benchmarks: the session
+    /// run and reading the outputs, without preprocessing or decoding.
+    pub fn run_raw(&mut self, batch: usize) -> Result<usize, DetectError> {
+        self.input.resize(batch.max(1) * INPUT_LEN, 0.0);
+        let shape = [batch.max(1), 3, INPUT_SIZE, INPUT_SIZE];
+        let tensor = ort::value::TensorRef::from_array_view((shape, &self.input[..]))
+            .map_err(|e| DetectError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![INPUT_NAME => tensor])
+            .map_err(|e| DetectError::Run(e.to_string()))?;
+        let mut n = 0;
+        for name in OUTPUT_NAMES {
+            n += outputs
+                .get(name)
+                .ok_or_else(|| DetectError::Run(format!("no output {name}")))?
+                .try_extract_tensor::<f32>()
+                .map(|(_, d)| d.len())
+                .map_err(|e| DetectError::Run(format!("{name}: {e}")))?;
+        }
+        Ok(n)
+    }
 }
 
 impl Detector for OrtDetector {

@@ -41,7 +41,7 @@ use storeguard_detect::{Luma, Rect, quality};
 /// Best shots of tracks that ended are kept this long, for the today image of a press.
 const KEEP_ENDED_NS: i64 = 10 * 60 * 1_000_000_000;
 /// The pipeline thread's tick: supervision and sub-stream restarts.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 /// Backoff between detector restarts after failures, doubling up to the maximum.
 const RESTART_MIN: Duration = Duration::from_secs(1);
 const RESTART_MAX: Duration = Duration::from_secs(60);
@@ -163,6 +163,23 @@ pub struct CamStats {
     pub events: AtomicU64,
     #[serde(skip)]
     pub last_inference_mono: AtomicU64,
+    /// Picture (UTC of the frame) to tracked result, ms, the latest `LATENCIES`.
+    #[serde(skip)]
+    pub latency_ms: Mutex<VecDeque<u32>>,
+}
+
+const LATENCIES: usize = 256;
+
+impl CamStats {
+    fn latency(&self) -> serde_json::Value {
+        let mut v: Vec<u32> = lock(&self.latency_ms).iter().copied().collect();
+        if v.is_empty() {
+            return serde_json::Value::Null;
+        }
+        v.sort_unstable();
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        serde_json::json!({ "p50": q(0.5), "p95": q(0.95), "max": v[v.len() - 1], "n": v.len() })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,7 +310,7 @@ impl Detection {
             .iter()
             .filter(|c| c.enabled && c.detect.enabled)
             .collect();
-        let min_interval = (1e9 / cfg.max_rate) as i64;
+        let min_interval = (0.8e9 / cfg.max_rate) as i64;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             by_id: cams
@@ -380,6 +397,7 @@ impl Detection {
         if let (Some(o), serde_json::Value::Object(m)) = (v.as_object_mut(), view) {
             o.extend(m);
             let last = c.stats.last_inference_mono.load(Ordering::Relaxed);
+            o.insert("latency_ms".into(), c.stats.latency());
             o.insert(
                 "last_inference_s_ago".into(),
                 (last > 0)
@@ -571,7 +589,8 @@ impl Pipeline {
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         self.spawn_inference();
-        let min_interval = (1e9 / self.shared.cfg.max_rate) as i64;
+        // Pictures come on the camera's clock, not ours: a little early still counts.
+        let min_interval = (0.8e9 / self.shared.cfg.max_rate) as i64;
         while !self.shared.stop.load(Ordering::SeqCst) {
             match rx.recv_timeout(TICK) {
                 Ok(Msg::Inferred(r)) => self.inferred(*r),
@@ -734,6 +753,13 @@ impl Pipeline {
         cam.stats
             .last_inference_mono
             .store(monotonic_ns(), Ordering::Relaxed);
+        {
+            let mut l = lock(&cam.stats.latency_ms);
+            if l.len() == LATENCIES {
+                l.pop_front();
+            }
+            l.push_back(((now_ns() - r.at_ns).max(0) / 1_000_000).min(u32::MAX as i64) as u32);
+        }
         let (fw, fh) = (r.frame.width as f32, r.frame.height as f32);
         let Some(tracker) = st.tracker.as_mut() else {
             return;
@@ -964,7 +990,17 @@ impl Pipeline {
                 continue;
             }
             let s = self.shared.clone();
+            // videorate caps by stream timestamps, which a jitter buffer bunches: the cap
+            // is kept here too, by arrival.
+            let gap = (0.8e9 / rate) as u64;
+            let last = AtomicU64::new(0);
             let on_picture: super::decode::OnPicture = Arc::new(move |rgb| {
+                let now = monotonic_ns();
+                let prev = last.load(Ordering::Relaxed);
+                if prev != 0 && now.saturating_sub(prev) < gap {
+                    return;
+                }
+                last.store(now, Ordering::Relaxed);
                 s.offer(
                     i,
                     Input::Picture {

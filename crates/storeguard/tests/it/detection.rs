@@ -100,7 +100,10 @@ fn the_three_walkers_are_tracked_each_with_one_id() {
     let site = Site::new();
     let mut cfg = isb_config(&[f.url(1)], "", "");
     cfg.push_str(WHOLE_ZONE);
-    cfg.push_str(&detect_section(""));
+    // The store is closed all week: every person seen is a closed-hours alarm.
+    cfg.push_str(&detect_section(
+        "opening_hours = { time_zone = \"Europe/London\", hours = [\"mon-sun closed\"] }",
+    ));
     site.write_config(&cfg);
     let _d = site.start();
     let mut first = Vec::new();
@@ -149,6 +152,59 @@ fn the_three_walkers_are_tracked_each_with_one_id() {
         "{}",
         text.stdout
     );
+    // Events as presses are: listed, with a clip for the alarm kinds.
+    let out = site.cli(&["events", "--json"]);
+    out.expect(0);
+    let ev: Value = serde_json::from_str(&out.stdout).unwrap();
+    let evs = ev["events"].as_array().unwrap();
+    let kinds: std::collections::HashSet<&str> =
+        evs.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(
+        kinds.contains("person_in_zone") && kinds.contains("closed_hours"),
+        "{kinds:?}"
+    );
+    let closed = evs.iter().find(|e| e["kind"] == "closed_hours").unwrap();
+    assert_eq!(closed["source"], "camera cam1", "{closed}");
+    assert_eq!(
+        closed["clips"].as_array().map(|c| c.len()),
+        Some(1),
+        "{closed}"
+    );
+}
+
+#[test]
+fn a_sub_stream_is_decoded_at_the_capped_rate() {
+    // Keyframes only every 3 s on the main stream; the sub stream gives every picture.
+    let f = walkers(1, 30);
+    let site = Site::new();
+    let mut cfg = isb_config(&[f.url(1)], "", "");
+    cfg.push_str(&format!("sub_url = \"{}\"\n", f.url(1)));
+    cfg.push_str(&detect_section("max_rate = 2.0"));
+    site.write_config(&cfg);
+    let _d = site.start();
+    wait_for(
+        "pictures from the sub stream",
+        Duration::from_secs(30),
+        || detect_stat(&site, "cam1", "decoded") >= 2,
+    );
+    let stat = |k| detect_stat(&site, "cam1", k);
+    let (p0, d0) = (stat("pictures"), stat("decoded"));
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let (p, d) = (stat("pictures") - p0, stat("decoded") - d0);
+    let secs = t.elapsed().as_secs_f64();
+    // 10 fps from the camera, at most 2 a second offered; what the pipeline can not take
+    // in time is replaced by the newer picture and counted, never queued.
+    assert!(
+        p as f64 <= secs * 2.0 + 3.0,
+        "{p} pictures offered in {secs:.1} s at max_rate 2"
+    );
+    assert!(d >= 1 && d <= p + 1, "{d} decoded of {p} offered");
+    let v = cameras(&site);
+    let d = &cam(&v, "cam1")["detect"];
+    assert_eq!(d["source"], "sub stream", "{d}");
+    assert!(d["inferences"].as_u64().unwrap() > 0, "{d}");
+    assert!(!tracks(&site, "cam1").is_empty(), "{d}");
 }
 
 #[test]
