@@ -134,9 +134,10 @@ pub fn cameras(v: &Value) -> String {
                 .collect();
             let _ = writeln!(
                 o,
-                "    detect: {} via {}, {} inferences ({}), {} saved by motion, {} dropped, {} decode errors, {} people tracked{}{}",
+                "    detect: {} via {}, {}/s, {} inferences ({}), {} saved by motion, {} dropped, {} decode errors, {} people tracked{}{}",
                 s(&d["source"]),
                 d["decoder"].as_str().unwrap_or("-"),
+                d["rate_per_s"].as_f64().unwrap_or(0.0),
                 n("inferences"),
                 d["last_inference_s_ago"]
                     .as_f64()

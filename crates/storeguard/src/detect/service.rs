@@ -163,16 +163,26 @@ pub struct CamStats {
     pub events: AtomicU64,
     #[serde(skip)]
     pub last_inference_mono: AtomicU64,
-    /// Picture (UTC of the frame) to tracked result, ms, the latest `LATENCIES`.
+    /// (monotonic ns, picture-to-result ms) of the latest `LATENCIES` inferences.
     #[serde(skip)]
-    pub latency_ms: Mutex<VecDeque<u32>>,
+    pub latency_ms: Mutex<VecDeque<(u64, u32)>>,
 }
 
 const LATENCIES: usize = 256;
 
 impl CamStats {
+    /// Inferences a second over the last minute.
+    fn rate(&self) -> f64 {
+        let since = monotonic_ns().saturating_sub(60_000_000_000);
+        let n = lock(&self.latency_ms)
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .count();
+        (n as f64 / 60.0 * 100.0).round() / 100.0
+    }
+
     fn latency(&self) -> serde_json::Value {
-        let mut v: Vec<u32> = lock(&self.latency_ms).iter().copied().collect();
+        let mut v: Vec<u32> = lock(&self.latency_ms).iter().map(|(_, l)| *l).collect();
         if v.is_empty() {
             return serde_json::Value::Null;
         }
@@ -398,6 +408,7 @@ impl Detection {
             o.extend(m);
             let last = c.stats.last_inference_mono.load(Ordering::Relaxed);
             o.insert("latency_ms".into(), c.stats.latency());
+            o.insert("rate_per_s".into(), c.stats.rate().into());
             o.insert(
                 "last_inference_s_ago".into(),
                 (last > 0)
@@ -758,7 +769,10 @@ impl Pipeline {
             if l.len() == LATENCIES {
                 l.pop_front();
             }
-            l.push_back(((now_ns() - r.at_ns).max(0) / 1_000_000).min(u32::MAX as i64) as u32);
+            l.push_back((
+                monotonic_ns(),
+                ((now_ns() - r.at_ns).max(0) / 1_000_000).min(u32::MAX as i64) as u32,
+            ));
         }
         let (fw, fh) = (r.frame.width as f32, r.frame.height as f32);
         let Some(tracker) = st.tracker.as_mut() else {
