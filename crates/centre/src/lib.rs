@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use storeguard_proto::broker::parse_broker_url;
+use storeguard_proto::package::{PackageManifest, PackageMsg};
 use storeguard_proto::session::{self, Backoff, ConnectOpts, TlsFiles};
 use storeguard_proto::topics::{self, AckStatus, ClipAck, Kind, ManifestMsg};
 use storeguard_proto::{DeviceKey, verify};
@@ -353,9 +354,19 @@ impl Receiver {
         self.out.join("clips").join(site).join(device)
     }
 
-    fn done_path(&self, site: &str, device: &str, clip: &str) -> PathBuf {
-        self.clips_dir(site, device)
-            .join(format!("{clip}.done.json"))
+    fn packages_dir(&self, site: &str, device: &str) -> PathBuf {
+        self.out.join("packages").join(site).join(device)
+    }
+
+    /// The record of a verified clip or package, if there is one.
+    fn done_record(&self, site: &str, device: &str, id: &str) -> Option<PathBuf> {
+        [
+            self.clips_dir(site, device),
+            self.packages_dir(site, device),
+        ]
+        .into_iter()
+        .map(|d| d.join(format!("{id}.done.json")))
+        .find(|p| p.exists())
     }
 
     fn on_manifest(
@@ -365,6 +376,15 @@ impl Receiver {
         clip: &str,
         payload: &[u8],
     ) -> Result<Vec<(String, Vec<u8>)>> {
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: String,
+        }
+        let probe: Probe =
+            serde_json::from_slice(payload).context("manifest message does not parse")?;
+        if probe.schema == topics::SCHEMA_PACKAGE_MSG {
+            return self.on_package_msg(site, device, clip, payload);
+        }
         let msg: ManifestMsg =
             serde_json::from_slice(payload).context("manifest message does not parse")?;
         if msg.clip != clip {
@@ -373,7 +393,7 @@ impl Receiver {
                 msg.clip
             ));
         }
-        if self.done_path(site, device, clip).exists() {
+        if self.done_record(site, device, clip).is_some() {
             return Ok(Vec::new());
         }
         let dir = self.partial_dir(site, device);
@@ -414,8 +434,7 @@ impl Receiver {
         if h.clip != clip {
             return Err(anyhow!("chunk of clip {} on the topic of {clip}", h.clip));
         }
-        let done = self.done_path(site, device, clip);
-        if done.exists() {
+        if let Some(done) = self.done_record(site, device, clip) {
             // Already verified: the device did not get our ack; say it again.
             if h.last {
                 let rec: DoneRecord = serde_json::from_slice(&fs::read(&done)?)?;
@@ -473,12 +492,15 @@ impl Receiver {
         Ok(Vec::new())
     }
 
-    /// All bytes are here: verify against the manifest and store the clip.
+    /// All bytes are here: verify against the manifest and store the clip (or package).
     fn finish(&mut self, site: &str, device: &str, clip: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let dir = self.partial_dir(site, device);
         let part = dir.join(format!("{clip}.part"));
         let manifest = dir.join(format!("{clip}.manifest.json"));
         let state = dir.join(format!("{clip}.state.json"));
+        if dir.join(format!("{clip}.package.json")).exists() {
+            return self.finish_package(site, device, clip);
+        }
         if !manifest.exists() {
             tracing::warn!(
                 site,
@@ -489,18 +511,7 @@ impl Receiver {
             let total = self.load_state(site, device, clip)?.map_or(0, |s| s.total);
             return Ok(vec![self.incomplete(site, device, clip, total, true)]);
         }
-        let trust_file = self
-            .out
-            .join("trust")
-            .join(site)
-            .join(format!("{device}.pub"));
-        let (pinned, trust) = match self.pubkeys.get(device) {
-            Some(k) => (Some(k.clone()), "pinned"),
-            None => match fs::read_to_string(&trust_file) {
-                Ok(k) => (Some(k.trim().to_string()), "tofu"),
-                Err(_) => (None, "tofu-new"),
-            },
-        };
+        let (pinned, trust) = self.device_key(site, device);
         let report = verify(&part, Some(&manifest), pinned.as_deref())
             .map_err(|e| storeguard_base::error::chain(&e));
         let report = report.and_then(|r| {
@@ -535,11 +546,8 @@ impl Receiver {
         let target = out_dir.join(&name);
         fs::rename(&part, &target).with_context(|| format!("move clip to {}", target.display()))?;
         fs::rename(&manifest, storeguard_proto::sidecar_path(&target))?;
-        if trust == "tofu-new"
-            && let Some(sig) = &m.signature
-        {
-            fs::create_dir_all(trust_file.parent().expect("has parent"))?;
-            write_atomic(&trust_file, format!("{}\n", sig.public_key).as_bytes())?;
+        if let Some(sig) = &m.signature {
+            self.pin_first_key(site, device, trust, &sig.public_key)?;
         }
         let rec = DoneRecord {
             file: name.clone(),
@@ -551,7 +559,7 @@ impl Receiver {
             manifest_signature: m.signature.as_ref().map(|s| s.value.clone()),
         };
         write_atomic(
-            &self.done_path(site, device, clip),
+            &out_dir.join(format!("{clip}.done.json")),
             &serde_json::to_vec(&rec)?,
         )?;
         let _ = fs::remove_file(&state);
@@ -567,6 +575,178 @@ impl Receiver {
 }
 
 impl Receiver {
+    fn trust_file(&self, site: &str, device: &str) -> PathBuf {
+        self.out
+            .join("trust")
+            .join(site)
+            .join(format!("{device}.pub"))
+    }
+
+    /// The device key to verify against and how it is trusted: `pinned` (`--pubkey`),
+    /// `tofu` (pinned on first use earlier) or `tofu-new` (none yet: the signer's key).
+    fn device_key(&self, site: &str, device: &str) -> (Option<String>, &'static str) {
+        match self.pubkeys.get(device) {
+            Some(k) => (Some(k.clone()), "pinned"),
+            None => match fs::read_to_string(self.trust_file(site, device)) {
+                Ok(k) => (Some(k.trim().to_string()), "tofu"),
+                Err(_) => (None, "tofu-new"),
+            },
+        }
+    }
+
+    /// Pins the key of the first verified evidence from a device (trust on first use).
+    fn pin_first_key(&self, site: &str, device: &str, trust: &str, public_key: &str) -> Result<()> {
+        if trust != "tofu-new" {
+            return Ok(());
+        }
+        let f = self.trust_file(site, device);
+        fs::create_dir_all(f.parent().expect("has parent"))?;
+        write_atomic(&f, format!("{public_key}\n").as_bytes())
+    }
+
+    /// `evidence/{package}/manifest` with a `storeguard.package-msg/v1`: a package's zip
+    /// is coming in chunks. Kept until every byte is here.
+    fn on_package_msg(
+        &mut self,
+        site: &str,
+        device: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let msg: PackageMsg =
+            serde_json::from_slice(payload).context("package message does not parse")?;
+        if msg.package != id {
+            return Err(anyhow!(
+                "package message for {} on the topic of {id}",
+                msg.package
+            ));
+        }
+        if self.done_record(site, device, id).is_some() {
+            return Ok(Vec::new());
+        }
+        let dir = self.partial_dir(site, device);
+        fs::create_dir_all(&dir)?;
+        write_atomic(
+            &dir.join(format!("{id}.package.json")),
+            &serde_json::to_vec(&msg)?,
+        )?;
+        tracing::info!(
+            site,
+            device,
+            package = id,
+            files = msg.manifest.files.len(),
+            bytes = msg.file.size,
+            "package announced"
+        );
+        if self
+            .load_state(site, device, id)?
+            .is_some_and(|s| s.complete())
+        {
+            return self.finish(site, device, id);
+        }
+        Ok(Vec::new())
+    }
+
+    /// A package's zip is complete: check it as `storeguard evidence verify` does (the
+    /// manifest's signature by the device key, every file's size and SHA-256, nothing
+    /// added, each clip against its own signed manifest), and that it is the zip and the
+    /// manifest announced; then store it and sign the receipt.
+    fn finish_package(
+        &mut self,
+        site: &str,
+        device: &str,
+        id: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = self.partial_dir(site, device);
+        let part = dir.join(format!("{id}.part"));
+        let announced = dir.join(format!("{id}.package.json"));
+        let state = dir.join(format!("{id}.state.json"));
+        let msg: PackageMsg = serde_json::from_slice(&fs::read(&announced)?)
+            .with_context(|| format!("{} is damaged", announced.display()))?;
+        let (pinned, trust) = self.device_key(site, device);
+        let checked = (|| -> std::result::Result<_, String> {
+            let (size, sha) = storeguard_proto::sha256_file(&part)
+                .map_err(|e| format!("reading {}: {e}", part.display()))?;
+            if size != msg.file.size || sha != msg.file.sha256 {
+                return Err(format!(
+                    "the zip is {size} bytes with SHA-256 {sha}; its package message says {} bytes, {}",
+                    msg.file.size, msg.file.sha256
+                ));
+            }
+            let r = storeguard_proto::package::verify(&part, pinned.as_deref(), None)
+                .map_err(|e| e.to_string())?;
+            let m = &r.manifest;
+            if m.site_id != site || m.device_id != device {
+                return Err(format!(
+                    "manifest.json is for {}/{}, received from {site}/{device}",
+                    m.site_id, m.device_id
+                ));
+            }
+            let seal = |m: &PackageManifest| m.signature.as_ref().map(|s| s.value.clone());
+            if m.package_id != id || seal(m) != seal(&msg.manifest) {
+                return Err(format!(
+                    "manifest.json is package {}, not the signed manifest announced for {id}",
+                    m.package_id
+                ));
+            }
+            Ok(r)
+        })();
+        let r = match checked {
+            Ok(r) => r,
+            Err(reason) => {
+                tracing::error!(
+                    site,
+                    device,
+                    package = id,
+                    "package failed verification: {reason}"
+                );
+                for p in [&part, &announced, &state] {
+                    let _ = fs::remove_file(p);
+                }
+                return Ok(vec![self.ack(site, device, id, AckStatus::Failed, |a| {
+                    a.reason = Some(reason.clone());
+                })]);
+            }
+        };
+        let out_dir = self.packages_dir(site, device);
+        fs::create_dir_all(&out_dir)?;
+        let name = safe_name(&msg.file.name).unwrap_or_else(|| format!("{id}.zip"));
+        let target = out_dir.join(&name);
+        fs::rename(&part, &target)
+            .with_context(|| format!("move package to {}", target.display()))?;
+        let mut manifest = serde_json::to_vec(&r.manifest)?;
+        manifest.push(b'\n');
+        write_atomic(&storeguard_proto::sidecar_path(&target), &manifest)?;
+        let _ = fs::remove_file(&announced);
+        if let Some(sig) = &r.manifest.signature {
+            self.pin_first_key(site, device, trust, &sig.public_key)?;
+        }
+        let rec = DoneRecord {
+            file: name.clone(),
+            bytes: msg.file.size,
+            sha256: msg.file.sha256.clone(),
+            key_id: r.key_id.clone(),
+            trust: trust.into(),
+            verified_at: topics::utc_ms(topics::now_ns()),
+            manifest_signature: r.manifest.signature.as_ref().map(|s| s.value.clone()),
+        };
+        write_atomic(
+            &out_dir.join(format!("{id}.done.json")),
+            &serde_json::to_vec(&rec)?,
+        )?;
+        let _ = fs::remove_file(&state);
+        println!(
+            "PACKAGE site={site} device={device} package={id} event={} files={} bytes={} sha256={} file={} key={} trust={trust} verified",
+            word(r.manifest.event.as_ref().map_or("-", |e| e.id.as_str())),
+            r.manifest.files.len(),
+            rec.bytes,
+            rec.sha256,
+            word(&name),
+            rec.key_id
+        );
+        Ok(vec![self.verified(site, device, id, &rec)])
+    }
+
     /// The `verified` receipt for a stored clip: its bytes, hash and seal.
     fn verified(
         &self,

@@ -17,6 +17,7 @@ pub const SCHEMA_STATUS: &str = "storeguard.status/v1";
 pub const SCHEMA_ALERT: &str = "storeguard.alert/v1";
 pub const SCHEMA_HEALTH: &str = "storeguard.health/v1";
 pub const SCHEMA_MANIFEST_MSG: &str = "storeguard.manifest-msg/v1";
+pub const SCHEMA_PACKAGE_MSG: &str = "storeguard.package-msg/v1";
 pub const SCHEMA_CHUNK: &str = "storeguard.chunk/v1";
 pub const SCHEMA_CLIP_ACK: &str = "storeguard.clip-ack/v1";
 

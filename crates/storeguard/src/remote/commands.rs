@@ -25,6 +25,7 @@ pub const NAMES: &[&str] = &[
     "button_test",
     "restart_camera",
     "status",
+    "package",
 ];
 /// A remote clip or hold covers at most this span.
 const MAX_SPAN_NS: i64 = 24 * 3600 * 1_000_000_000;
@@ -248,6 +249,12 @@ struct OneCamera {
     camera: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackageArgs {
+    event: String,
+}
+
 async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> {
     let a = &c.args;
     match name {
@@ -346,8 +353,32 @@ async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> 
             st.cameras.restart(&o.camera);
             Ok(json!({ "camera": o.camera, "restarted": true }))
         }
+        "package" => package(st, args::<PackageArgs>(name, a)?.event, &c.request_id).await,
         other => Err(format!("no such command {other:?}")),
     }
+}
+
+/// An evidence package of an event, built as a `.zip` on the box and queued for upload:
+/// the answer says what was packaged; the upload then goes on through the outbox.
+async fn package(st: &Arc<State>, event: String, request_id: &str) -> Result<Value, String> {
+    let (st2, rid) = (st.clone(), request_id.to_string());
+    let up = blocking(move || cmd::package::upload_event_package(&st2, &event, &rid, caller()))
+        .await
+        .map_err(|e| e.message())?;
+    notify_uplink(st);
+    let m = &up.built.manifest;
+    Ok(json!({
+        "package": m.package_id,
+        "event": m.event.as_ref().map(|e| &e.id),
+        "file": up.file,
+        "cameras": m.cameras.iter().map(|c| json!({
+            "id": c.id, "clip": c.clip, "actual": c.actual, "gaps": c.gaps,
+        })).collect::<Vec<_>>(),
+        "files": m.files,
+        "cut": up.built.cut,
+        "manifest_signature": m.signature.as_ref().map(|s| &s.value),
+        "upload": "queued",
+    }))
 }
 
 async fn snapshot(st: &Arc<State>, mut cameras: Vec<String>) -> Result<Value, String> {

@@ -52,9 +52,9 @@ fn wait_until(secs: u64, what: &str, done: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------- receiver process
 
-struct Rx {
+pub(crate) struct Rx {
     child: Child,
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -72,7 +72,7 @@ fn collect_lines(r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>, t
 }
 
 impl Rx {
-    fn start(url: &str) -> Rx {
+    pub(crate) fn start(url: &str) -> Rx {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().to_path_buf();
         let mut rx = Rx::start_in(url, &out);
@@ -120,13 +120,13 @@ impl Rx {
             .count()
     }
 
-    fn wait_subscribed(&self, n: usize) {
+    pub(crate) fn wait_subscribed(&self, n: usize) {
         wait_until(15, "the receiver's subscription", || {
             self.subscriptions() >= n
         });
     }
 
-    fn stderr_has(&self, needle: &str) -> bool {
+    pub(crate) fn stderr_has(&self, needle: &str) -> bool {
         self.stderr
             .lock()
             .unwrap()
@@ -134,7 +134,7 @@ impl Rx {
             .any(|l| l.contains(needle))
     }
 
-    fn lines(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn lines(&self, prefix: &str) -> Vec<String> {
         let o = self.stdout.lock().unwrap();
         o.iter()
             .filter(|l| l.starts_with(&format!("{prefix} ")))
@@ -158,7 +158,7 @@ impl Rx {
             .collect()
     }
 
-    fn deliveries(&self) -> Vec<String> {
+    pub(crate) fn deliveries(&self) -> Vec<String> {
         std::fs::read_to_string(self.out.join("deliveries.log"))
             .unwrap_or_default()
             .lines()
@@ -178,7 +178,7 @@ impl Drop for Rx {
     }
 }
 
-fn field(line: &str, key: &str) -> String {
+pub(crate) fn field(line: &str, key: &str) -> String {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
         .unwrap_or("")
