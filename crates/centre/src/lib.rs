@@ -13,11 +13,15 @@
 //! verified against the signed manifest (SHA-256 + Ed25519, key pinned with `--pubkey`
 //! or trusted on first use) and acknowledged on `evidence/{clip}/ack` (retained) with a
 //! receipt signed by the centre's key (`storeguard_proto::receipt`): boxes release a clip
-//! only for a signed `verified` receipt naming its exact bytes.
+//! only for a signed `verified` receipt naming its exact bytes. Evidence packages (the
+//! `package` remote command) come the same way as one `.zip`, announced by a
+//! `storeguard.package-msg/v1`, and are checked as `storeguard evidence verify` checks a
+//! package (`storeguard_proto::package::verify`) before their receipt is signed.
 //!
-//! Stdout carries exactly one line per new alert and one per verified clip:
-//! `ALERT site=.. device=.. id=.. kind=.. at=.. msg_id=..` and
-//! `CLIP site=.. device=.. clip=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified`.
+//! Stdout carries exactly one line per new alert, per verified clip and per verified
+//! package: `ALERT site=.. device=.. id=.. kind=.. at=.. msg_id=..`,
+//! `CLIP site=.. device=.. clip=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified` and
+//! `PACKAGE site=.. device=.. package=.. event=.. files=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified`.
 //! Everything else is logged to stderr.
 
 pub mod control;
@@ -912,6 +916,134 @@ mod tests {
         f.write_all(b"{\"msg_id\":\"d:3\"}\n").unwrap();
         let text = fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    /// A one-file evidence package as the device zips it, signed by `device`; `tamper`
+    /// changes a byte of the listed file after signing.
+    fn package_zip(device: &DeviceKey, tamper: bool) -> (Vec<u8>, PackageManifest) {
+        use std::io::Write as _;
+        use storeguard_proto::package as pk;
+        let log = b"continuity log\n".to_vec();
+        let at = topics::utc_ms(topics::now_ns());
+        let w = pk::Window {
+            from: at.clone(),
+            to: at.clone(),
+        };
+        let m = PackageManifest {
+            schema: pk::SCHEMA.into(),
+            package_id: "pkg-1".into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            event: None,
+            requested: w,
+            actual: None,
+            cameras: vec![],
+            files: vec![pk::PackFile {
+                name: pk::LOG.into(),
+                kind: "continuity_log".into(),
+                size: log.len() as u64,
+                sha256: hex::encode(Sha256::digest(&log)),
+            }],
+            software: storeguard_proto::manifest::Software::this(),
+            created_at: at,
+            created_by: pk::Requester {
+                uid: None,
+                pid: None,
+                via: "remote".into(),
+            },
+            destination: "/data/packages/pkg-1.zip".into(),
+            signature: None,
+        };
+        let mut signed = storeguard_proto::trust::sign_value(&m, device);
+        let m: PackageManifest = serde_json::from_slice(&signed).unwrap();
+        signed.push(b'\n');
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        let mut body = log;
+        if tamper {
+            body[0] ^= 1;
+        }
+        zip.start_file(pk::LOG, stored).unwrap();
+        zip.write_all(&body).unwrap();
+        zip.start_file(pk::MANIFEST, stored).unwrap();
+        zip.write_all(&signed).unwrap();
+        (zip.finish().unwrap().into_inner(), m)
+    }
+
+    /// Announces and sends a package in one chunk; returns the receiver's answer.
+    fn receive_package(rx: &mut Receiver, device: &DeviceKey, tamper: bool) -> ClipAck {
+        let (bytes, m) = package_zip(device, tamper);
+        let file = storeguard_proto::manifest::FileRef {
+            name: "pkg-1.zip".into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        let (rel, msg) = storeguard_proto::package::package_message("pkg-1", &file, &m);
+        let prefix = topics::prefix("s1", "d1");
+        assert!(rx.handle(&format!("{prefix}{rel}"), &msg).is_empty());
+        let h = topics::ChunkHeader {
+            schema: topics::SCHEMA_CHUNK.into(),
+            msg_id: "d1:pkg-1@0".into(),
+            clip: "pkg-1".into(),
+            offset: 0,
+            len: file.size,
+            total: file.size,
+            sha256: file.sha256.clone(),
+            last: true,
+        };
+        let chunk = topics::encode_chunk(&h, &bytes);
+        let acks = rx.handle(&format!("{prefix}{}", topics::chunk_topic("pkg-1")), &chunk);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].0, format!("{prefix}evidence/pkg-1/ack"));
+        serde_json::from_slice(&acks[0].1).unwrap()
+    }
+
+    #[test]
+    fn a_package_is_verified_like_evidence_verify_before_its_receipt() {
+        let d = tempfile::tempdir().unwrap();
+        let centre = Arc::new(DeviceKey::from_seed([3; 32]));
+        let device = DeviceKey::from_seed([4; 32]);
+        let mut opts = ReceiverOpts::new("mqtt://127.0.0.1:1", d.path());
+        opts.signing_key = Some(centre.clone());
+        let mut rx = Receiver::open(&opts).unwrap();
+
+        let bad = receive_package(&mut rx, &device, true);
+        assert_eq!(bad.status, AckStatus::Failed);
+        let why = bad.reason.unwrap();
+        assert!(why.contains("continuity.txt: hash mismatch"), "{why}");
+
+        let ok = receive_package(&mut rx, &device, false);
+        assert_eq!(ok.status, AckStatus::Verified, "{:?}", ok.reason);
+        let stored = d.path().join("packages/s1/d1/pkg-1.zip");
+        let (size, sha) = storeguard_proto::sha256_file(&stored).unwrap();
+        assert_eq!(
+            (ok.bytes, ok.sha256.as_deref()),
+            (Some(size), Some(sha.as_str()))
+        );
+        let report =
+            storeguard_proto::package::verify(&stored, Some(&device.public_key_b64()), None)
+                .unwrap();
+        assert_eq!(
+            ok.manifest_signature,
+            report.manifest.signature.map(|s| s.value)
+        );
+        // The receipt is signed by the centre's key; the device key is now pinned.
+        let trusted =
+            storeguard_proto::trust::TrustedKeys::parse(&[centre.public_key_b64()]).unwrap();
+        let payload = serde_json::to_vec(&ok).unwrap();
+        assert!(trusted.verify(&payload).is_ok());
+        assert_eq!(
+            fs::read_to_string(d.path().join("trust/s1/d1.pub"))
+                .unwrap()
+                .trim(),
+            device.public_key_b64()
+        );
+        // Another device key is not believed for this device any more.
+        let stranger = DeviceKey::from_seed([5; 32]);
+        fs::remove_file(d.path().join("packages/s1/d1/pkg-1.done.json")).unwrap();
+        let forged = receive_package(&mut rx, &stranger, false);
+        assert_eq!(forged.status, AckStatus::Failed);
     }
 
     #[test]
