@@ -187,6 +187,20 @@ pub fn export(
     r
 }
 
+/// The end of the latest window among the event's clips still being cut (UTC ns), or
+/// `None` when none is (or there is no such event: building says so). Blocking.
+pub fn cutting_until(st: &State, event: &str) -> Result<Option<i64>, CmdError> {
+    let Some(ev) = st.store.event_by_uid(event).map_err(CmdError::internal)? else {
+        return Ok(None);
+    };
+    let clips = st.store.clips_of_event(ev.id).map_err(CmdError::internal)?;
+    Ok(clips
+        .iter()
+        .filter(|c| c.state == "pending")
+        .map(|c| c.to_ns)
+        .max())
+}
+
 /// A package made for the control centre and queued for upload.
 #[derive(Debug, Clone)]
 pub struct Uploading {
