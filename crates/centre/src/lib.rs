@@ -714,7 +714,10 @@ impl Receiver {
         };
         let out_dir = self.packages_dir(site, device);
         fs::create_dir_all(&out_dir)?;
-        let name = safe_name(&msg.file.name).unwrap_or_else(|| format!("{id}.zip"));
+        let mut name = safe_name(&msg.file.name).unwrap_or_else(|| format!("{id}.zip"));
+        if out_dir.join(&name).exists() {
+            name = format!("{id}_{name}");
+        }
         let target = out_dir.join(&name);
         fs::rename(&part, &target)
             .with_context(|| format!("move package to {}", target.display()))?;

@@ -865,6 +865,24 @@ fn a_package_command_uploads_a_package_the_receiver_verifies_and_the_box_keeps_i
         .unwrap();
     assert_eq!(receipt["signature"]["key_id"], key_id.as_str());
     assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), receipt);
+    // Offline, the kept receipt checks against the zip beside it and the centre's key.
+    let v = site.cli(&[
+        "evidence",
+        "verify",
+        zip.to_str().unwrap(),
+        "--pubkey",
+        &key,
+        "--centre-key",
+        centre::PUBLIC_KEY,
+    ]);
+    v.expect(0);
+    assert!(
+        v.stdout
+            .contains("the control centre confirmed these bytes")
+            && v.stdout.contains("matching --centre-key"),
+        "{}",
+        v.all()
+    );
     let audit = |action: &str, target: &str| -> String {
         db.query_row(
             "SELECT detail FROM audit WHERE action = ?1 AND target = ?2",
