@@ -6,7 +6,7 @@
 use super::events::audit_receipt;
 use super::outbox::{Class, enqueue_tx};
 use super::{Result, Store};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::Serialize;
 
 /// What an uploaded evidence item is.
@@ -109,14 +109,20 @@ impl Store {
     }
 
     pub fn package(&self, uid: &str) -> Result<Option<PackageRow>> {
+        Ok(self.packages_where("uid", uid)?.pop())
+    }
+
+    /// The packages made of an event (by its uid), oldest first.
+    pub fn packages_of_event(&self, event: &str) -> Result<Vec<PackageRow>> {
+        self.packages_where("event", event)
+    }
+
+    fn packages_where(&self, column: &str, value: &str) -> Result<Vec<PackageRow>> {
         let c = self.conn();
-        self.sq(c
-            .query_row(
-                &format!("SELECT {PACKAGE_COLS} FROM package WHERE uid = ?1"),
-                [uid],
-                package_row,
-            )
-            .optional())
+        let sql = format!("SELECT {PACKAGE_COLS} FROM package WHERE {column} = ?1 ORDER BY id");
+        let mut st = self.sq(c.prepare_cached(&sql))?;
+        let rows = st.query_map([value], package_row).and_then(|m| m.collect());
+        self.sq(rows)
     }
 
     /// The clip or package with this uid.
@@ -231,6 +237,7 @@ mod tests {
             std::fs::read(d.path().join("packages/pkg-1.zip.receipt.json")).unwrap(),
             b"{\"r\":1}"
         );
+        assert_eq!(s.packages_of_event("ev-1").unwrap().len(), 1);
         assert!(s.item("nope").unwrap().is_none());
     }
 }

@@ -865,6 +865,13 @@ fn a_package_command_uploads_a_package_the_receiver_verifies_and_the_box_keeps_i
         .unwrap();
     assert_eq!(receipt["signature"]["key_id"], key_id.as_str());
     assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), receipt);
+    // `storeguard events` shows the package under its event, confirmed.
+    let shown = site.cli(&["events"]).expect(0).stdout.clone();
+    assert!(
+        shown.contains(&format!("package acked    packages/{id}.zip"))
+            && shown.contains("confirmed by the control centre"),
+        "{shown}"
+    );
     // Offline, the kept receipt checks against the zip beside it and the centre's key.
     let v = site.cli(&[
         "evidence",
