@@ -374,6 +374,45 @@ pub fn queue_upload(
     Ok(file)
 }
 
+/// At start-up: removes what a crash left in the upload spool, a package half written
+/// (`*.partial`) or written but never recorded for upload (a zip, and its manifest, with
+/// no `package` row). Recorded packages are kept whatever their state.
+pub fn clean_spool(store: &Store) {
+    let dir = store.data_dir().join(UPLOAD_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_suffix(".zip.manifest.json")
+            .or_else(|| name.strip_suffix(".zip"));
+        let orphan = if name.ends_with(".partial") {
+            true
+        } else if let Some(id) = id {
+            matches!(store.package(id), Ok(None))
+        } else {
+            false
+        };
+        if orphan {
+            let r = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match r {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "removed a package a crash left unfinished in the upload spool")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "could not remove an unfinished package: {e}")
+                }
+            }
+        }
+    }
+}
+
 fn dest_err(path: &Path) -> impl Fn(io::Error) -> PackageError + '_ {
     move |source| PackageError::Destination {
         path: path.to_path_buf(),
@@ -1052,5 +1091,44 @@ impl Write for EntryWriter<'_> {
             EntryWriter::File(f, _) => f.flush(),
             EntryWriter::Zip(z, _) => z.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_leaves_nothing_unrecorded_in_the_upload_spool() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let spool = d.path().join(UPLOAD_DIR);
+        std::fs::create_dir_all(spool.join("pkg-b.zip.partial")).unwrap();
+        for f in [
+            "pkg-a.zip",
+            "pkg-a.zip.manifest.json",
+            "pkg-c.zip",
+            "pkg-c.zip.manifest.json",
+        ] {
+            std::fs::write(spool.join(f), b"x").unwrap();
+        }
+        let p = NewPackage {
+            uid: "pkg-a",
+            event: None,
+            request_id: None,
+            path: "packages/pkg-a.zip",
+            sha256: "00",
+            bytes: 1,
+        };
+        store
+            .seal_package(&p, ("evidence/pkg-a/manifest", b"{}"), 1)
+            .unwrap();
+        clean_spool(&store);
+        let mut left: Vec<String> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["pkg-a.zip", "pkg-a.zip.manifest.json"]);
     }
 }
