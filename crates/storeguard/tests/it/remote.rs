@@ -1060,3 +1060,51 @@ fn a_package_upload_resumes_after_a_broker_outage() {
         again.iter().min()
     );
 }
+
+#[test]
+fn a_package_that_fails_verification_is_sent_again_then_given_up_and_never_confirmed() {
+    let (rig, rx, ev) = package_rig(
+        "chunk_size = \"16KiB\"\nupload_rate_limit = \"128KiB\"",
+        true,
+    );
+    let (code, r, err) = rig.cc.cmd("package", json!({ "event": ev }), &[]);
+    assert_eq!(code, Some(0), "{r} {err}");
+    let id = r["result"]["package"].as_str().unwrap().to_string();
+    // Damaged in the spool before the upload reaches the middle (same size).
+    let zip = rig
+        .site
+        .path("data")
+        .join("packages")
+        .join(format!("{id}.zip"));
+    let mut bytes = std::fs::read(&zip).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&zip, bytes).unwrap();
+    let db = rig.site.db();
+    let upload = || -> (String, i64, String) {
+        db.query_row(
+            "SELECT state, attempts, coalesce(error, '') FROM upload WHERE clip = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap_or_default()
+    };
+    wait_until_within(
+        "the package upload to be given up",
+        Duration::from_secs(90),
+        || upload().0 == "failed",
+    );
+    let (_, attempts, error) = upload();
+    // Each attempt announced the package again (the receiver drops a failed one).
+    assert_eq!(attempts, 3, "{error}");
+    assert!(error.contains("SHA-256"), "{error}");
+    assert!(rx.stderr_has("package failed verification"));
+    let announced = rx
+        .deliveries()
+        .iter()
+        .filter(|l| l.contains(&format!("/evidence/{id}/manifest ")))
+        .count();
+    assert!(announced >= 3, "announced {announced} times");
+    assert!(!received_package(&rx, &id).exists());
+    assert_eq!(package_state(&rig.site, &id), "sealed", "never confirmed");
+}
