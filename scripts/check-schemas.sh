@@ -31,6 +31,8 @@ kinds = {
     "chunk-header.json": "chunk-header", "clip-ack.json": "clip-ack",
     "clip-ack-incomplete.json": "clip-ack", "config-desired.json": "config-desired",
     "config-reported.json": "config-reported", "cmd.json": "cmd", "cmd-result.json": "cmd-result",
+    "cmd-result-package.json": "cmd-result", "evidence-package.json": "evidence-package",
+    "package-msg.json": "package-msg", "clip-ack-package.json": "clip-ack",
     "shot.json": "shot",
 }
 bad = 0

@@ -13,11 +13,15 @@
 //! verified against the signed manifest (SHA-256 + Ed25519, key pinned with `--pubkey`
 //! or trusted on first use) and acknowledged on `evidence/{clip}/ack` (retained) with a
 //! receipt signed by the centre's key (`storeguard_proto::receipt`): boxes release a clip
-//! only for a signed `verified` receipt naming its exact bytes.
+//! only for a signed `verified` receipt naming its exact bytes. Evidence packages (the
+//! `package` remote command) come the same way as one `.zip`, announced by a
+//! `storeguard.package-msg/v1`, and are checked as `storeguard evidence verify` checks a
+//! package (`storeguard_proto::package::verify`) before their receipt is signed.
 //!
-//! Stdout carries exactly one line per new alert and one per verified clip:
-//! `ALERT site=.. device=.. id=.. kind=.. at=.. msg_id=..` and
-//! `CLIP site=.. device=.. clip=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified`.
+//! Stdout carries exactly one line per new alert, per verified clip and per verified
+//! package: `ALERT site=.. device=.. id=.. kind=.. at=.. msg_id=..`,
+//! `CLIP site=.. device=.. clip=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified` and
+//! `PACKAGE site=.. device=.. package=.. event=.. files=.. bytes=.. sha256=.. file=.. key=.. trust=.. verified`.
 //! Everything else is logged to stderr.
 
 pub mod control;
@@ -36,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use storeguard_proto::broker::parse_broker_url;
+use storeguard_proto::package::{PackageManifest, PackageMsg};
 use storeguard_proto::session::{self, Backoff, ConnectOpts, TlsFiles};
 use storeguard_proto::topics::{self, AckStatus, ClipAck, Kind, ManifestMsg};
 use storeguard_proto::{DeviceKey, verify};
@@ -427,9 +432,19 @@ impl Receiver {
         self.out.join("clips").join(site).join(device)
     }
 
-    fn done_path(&self, site: &str, device: &str, clip: &str) -> PathBuf {
-        self.clips_dir(site, device)
-            .join(format!("{clip}.done.json"))
+    fn packages_dir(&self, site: &str, device: &str) -> PathBuf {
+        self.out.join("packages").join(site).join(device)
+    }
+
+    /// The record of a verified clip or package, if there is one.
+    fn done_record(&self, site: &str, device: &str, id: &str) -> Option<PathBuf> {
+        [
+            self.clips_dir(site, device),
+            self.packages_dir(site, device),
+        ]
+        .into_iter()
+        .map(|d| d.join(format!("{id}.done.json")))
+        .find(|p| p.exists())
     }
 
     fn on_manifest(
@@ -439,6 +454,15 @@ impl Receiver {
         clip: &str,
         payload: &[u8],
     ) -> Result<Vec<(String, Vec<u8>)>> {
+        #[derive(Deserialize)]
+        struct Probe {
+            schema: String,
+        }
+        let probe: Probe =
+            serde_json::from_slice(payload).context("manifest message does not parse")?;
+        if probe.schema == topics::SCHEMA_PACKAGE_MSG {
+            return self.on_package_msg(site, device, clip, payload);
+        }
         let msg: ManifestMsg =
             serde_json::from_slice(payload).context("manifest message does not parse")?;
         if msg.clip != clip {
@@ -447,7 +471,7 @@ impl Receiver {
                 msg.clip
             ));
         }
-        if self.done_path(site, device, clip).exists() {
+        if self.done_record(site, device, clip).is_some() {
             return Ok(Vec::new());
         }
         let dir = self.partial_dir(site, device);
@@ -488,8 +512,7 @@ impl Receiver {
         if h.clip != clip {
             return Err(anyhow!("chunk of clip {} on the topic of {clip}", h.clip));
         }
-        let done = self.done_path(site, device, clip);
-        if done.exists() {
+        if let Some(done) = self.done_record(site, device, clip) {
             // Already verified: the device did not get our ack; say it again.
             if h.last {
                 let rec: DoneRecord = serde_json::from_slice(&fs::read(&done)?)?;
@@ -547,12 +570,15 @@ impl Receiver {
         Ok(Vec::new())
     }
 
-    /// All bytes are here: verify against the manifest and store the clip.
+    /// All bytes are here: verify against the manifest and store the clip (or package).
     fn finish(&mut self, site: &str, device: &str, clip: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let dir = self.partial_dir(site, device);
         let part = dir.join(format!("{clip}.part"));
         let manifest = dir.join(format!("{clip}.manifest.json"));
         let state = dir.join(format!("{clip}.state.json"));
+        if dir.join(format!("{clip}.package.json")).exists() {
+            return self.finish_package(site, device, clip);
+        }
         if !manifest.exists() {
             tracing::warn!(
                 site,
@@ -563,18 +589,7 @@ impl Receiver {
             let total = self.load_state(site, device, clip)?.map_or(0, |s| s.total);
             return Ok(vec![self.incomplete(site, device, clip, total, true)]);
         }
-        let trust_file = self
-            .out
-            .join("trust")
-            .join(site)
-            .join(format!("{device}.pub"));
-        let (pinned, trust) = match self.pubkeys.get(device) {
-            Some(k) => (Some(k.clone()), "pinned"),
-            None => match fs::read_to_string(&trust_file) {
-                Ok(k) => (Some(k.trim().to_string()), "tofu"),
-                Err(_) => (None, "tofu-new"),
-            },
-        };
+        let (pinned, trust) = self.device_key(site, device);
         let report = verify(&part, Some(&manifest), pinned.as_deref())
             .map_err(|e| storeguard_base::error::chain(&e));
         let report = report.and_then(|r| {
@@ -609,11 +624,8 @@ impl Receiver {
         let target = out_dir.join(&name);
         fs::rename(&part, &target).with_context(|| format!("move clip to {}", target.display()))?;
         fs::rename(&manifest, storeguard_proto::sidecar_path(&target))?;
-        if trust == "tofu-new"
-            && let Some(sig) = &m.signature
-        {
-            fs::create_dir_all(trust_file.parent().expect("has parent"))?;
-            write_atomic(&trust_file, format!("{}\n", sig.public_key).as_bytes())?;
+        if let Some(sig) = &m.signature {
+            self.pin_first_key(site, device, trust, &sig.public_key)?;
         }
         let rec = DoneRecord {
             file: name.clone(),
@@ -625,7 +637,7 @@ impl Receiver {
             manifest_signature: m.signature.as_ref().map(|s| s.value.clone()),
         };
         write_atomic(
-            &self.done_path(site, device, clip),
+            &out_dir.join(format!("{clip}.done.json")),
             &serde_json::to_vec(&rec)?,
         )?;
         let _ = fs::remove_file(&state);
@@ -641,6 +653,181 @@ impl Receiver {
 }
 
 impl Receiver {
+    fn trust_file(&self, site: &str, device: &str) -> PathBuf {
+        self.out
+            .join("trust")
+            .join(site)
+            .join(format!("{device}.pub"))
+    }
+
+    /// The device key to verify against and how it is trusted: `pinned` (`--pubkey`),
+    /// `tofu` (pinned on first use earlier) or `tofu-new` (none yet: the signer's key).
+    fn device_key(&self, site: &str, device: &str) -> (Option<String>, &'static str) {
+        match self.pubkeys.get(device) {
+            Some(k) => (Some(k.clone()), "pinned"),
+            None => match fs::read_to_string(self.trust_file(site, device)) {
+                Ok(k) => (Some(k.trim().to_string()), "tofu"),
+                Err(_) => (None, "tofu-new"),
+            },
+        }
+    }
+
+    /// Pins the key of the first verified evidence from a device (trust on first use).
+    fn pin_first_key(&self, site: &str, device: &str, trust: &str, public_key: &str) -> Result<()> {
+        if trust != "tofu-new" {
+            return Ok(());
+        }
+        let f = self.trust_file(site, device);
+        fs::create_dir_all(f.parent().expect("has parent"))?;
+        write_atomic(&f, format!("{public_key}\n").as_bytes())
+    }
+
+    /// `evidence/{package}/manifest` with a `storeguard.package-msg/v1`: a package's zip
+    /// is coming in chunks. Kept until every byte is here.
+    fn on_package_msg(
+        &mut self,
+        site: &str,
+        device: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let msg: PackageMsg =
+            serde_json::from_slice(payload).context("package message does not parse")?;
+        if msg.package != id {
+            return Err(anyhow!(
+                "package message for {} on the topic of {id}",
+                msg.package
+            ));
+        }
+        if self.done_record(site, device, id).is_some() {
+            return Ok(Vec::new());
+        }
+        let dir = self.partial_dir(site, device);
+        fs::create_dir_all(&dir)?;
+        write_atomic(
+            &dir.join(format!("{id}.package.json")),
+            &serde_json::to_vec(&msg)?,
+        )?;
+        tracing::info!(
+            site,
+            device,
+            package = id,
+            files = msg.manifest.files.len(),
+            bytes = msg.file.size,
+            "package announced"
+        );
+        if self
+            .load_state(site, device, id)?
+            .is_some_and(|s| s.complete())
+        {
+            return self.finish(site, device, id);
+        }
+        Ok(Vec::new())
+    }
+
+    /// A package's zip is complete: check it as `storeguard evidence verify` does (the
+    /// manifest's signature by the device key, every file's size and SHA-256, nothing
+    /// added, each clip against its own signed manifest), and that it is the zip and the
+    /// manifest announced; then store it and sign the receipt.
+    fn finish_package(
+        &mut self,
+        site: &str,
+        device: &str,
+        id: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = self.partial_dir(site, device);
+        let part = dir.join(format!("{id}.part"));
+        let announced = dir.join(format!("{id}.package.json"));
+        let state = dir.join(format!("{id}.state.json"));
+        let msg: PackageMsg = serde_json::from_slice(&fs::read(&announced)?)
+            .with_context(|| format!("{} is damaged", announced.display()))?;
+        let (pinned, trust) = self.device_key(site, device);
+        let checked = (|| -> std::result::Result<_, String> {
+            let (size, sha) = storeguard_proto::sha256_file(&part)
+                .map_err(|e| format!("reading {}: {e}", part.display()))?;
+            if size != msg.file.size || sha != msg.file.sha256 {
+                return Err(format!(
+                    "the zip is {size} bytes with SHA-256 {sha}; its package message says {} bytes, {}",
+                    msg.file.size, msg.file.sha256
+                ));
+            }
+            let r = storeguard_proto::package::verify(&part, pinned.as_deref(), None)
+                .map_err(|e| e.to_string())?;
+            let m = &r.manifest;
+            if m.site_id != site || m.device_id != device {
+                return Err(format!(
+                    "manifest.json is for {}/{}, received from {site}/{device}",
+                    m.site_id, m.device_id
+                ));
+            }
+            let seal = |m: &PackageManifest| m.signature.as_ref().map(|s| s.value.clone());
+            if m.package_id != id || seal(m) != seal(&msg.manifest) {
+                return Err(format!(
+                    "manifest.json is package {}, not the signed manifest announced for {id}",
+                    m.package_id
+                ));
+            }
+            Ok(r)
+        })();
+        let r = match checked {
+            Ok(r) => r,
+            Err(reason) => {
+                tracing::error!(
+                    site,
+                    device,
+                    package = id,
+                    "package failed verification: {reason}"
+                );
+                for p in [&part, &announced, &state] {
+                    let _ = fs::remove_file(p);
+                }
+                return Ok(vec![self.ack(site, device, id, AckStatus::Failed, |a| {
+                    a.reason = Some(reason.clone());
+                })]);
+            }
+        };
+        let out_dir = self.packages_dir(site, device);
+        fs::create_dir_all(&out_dir)?;
+        let mut name = safe_name(&msg.file.name).unwrap_or_else(|| format!("{id}.zip"));
+        if out_dir.join(&name).exists() {
+            name = format!("{id}_{name}");
+        }
+        let target = out_dir.join(&name);
+        fs::rename(&part, &target)
+            .with_context(|| format!("move package to {}", target.display()))?;
+        let mut manifest = serde_json::to_vec(&r.manifest)?;
+        manifest.push(b'\n');
+        write_atomic(&storeguard_proto::sidecar_path(&target), &manifest)?;
+        let _ = fs::remove_file(&announced);
+        if let Some(sig) = &r.manifest.signature {
+            self.pin_first_key(site, device, trust, &sig.public_key)?;
+        }
+        let rec = DoneRecord {
+            file: name.clone(),
+            bytes: msg.file.size,
+            sha256: msg.file.sha256.clone(),
+            key_id: r.key_id.clone(),
+            trust: trust.into(),
+            verified_at: topics::utc_ms(topics::now_ns()),
+            manifest_signature: r.manifest.signature.as_ref().map(|s| s.value.clone()),
+        };
+        write_atomic(
+            &out_dir.join(format!("{id}.done.json")),
+            &serde_json::to_vec(&rec)?,
+        )?;
+        let _ = fs::remove_file(&state);
+        println!(
+            "PACKAGE site={site} device={device} package={id} event={} files={} bytes={} sha256={} file={} key={} trust={trust} verified",
+            word(r.manifest.event.as_ref().map_or("-", |e| e.id.as_str())),
+            r.manifest.files.len(),
+            rec.bytes,
+            rec.sha256,
+            word(&name),
+            rec.key_id
+        );
+        Ok(vec![self.verified(site, device, id, &rec)])
+    }
+
     /// The `verified` receipt for a stored clip: its bytes, hash and seal.
     fn verified(
         &self,
@@ -806,6 +993,134 @@ mod tests {
         f.write_all(b"{\"msg_id\":\"d:3\"}\n").unwrap();
         let text = fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    /// A one-file evidence package as the device zips it, signed by `device`; `tamper`
+    /// changes a byte of the listed file after signing.
+    fn package_zip(device: &DeviceKey, tamper: bool) -> (Vec<u8>, PackageManifest) {
+        use std::io::Write as _;
+        use storeguard_proto::package as pk;
+        let log = b"continuity log\n".to_vec();
+        let at = topics::utc_ms(topics::now_ns());
+        let w = pk::Window {
+            from: at.clone(),
+            to: at.clone(),
+        };
+        let m = PackageManifest {
+            schema: pk::SCHEMA.into(),
+            package_id: "pkg-1".into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            event: None,
+            requested: w,
+            actual: None,
+            cameras: vec![],
+            files: vec![pk::PackFile {
+                name: pk::LOG.into(),
+                kind: "continuity_log".into(),
+                size: log.len() as u64,
+                sha256: hex::encode(Sha256::digest(&log)),
+            }],
+            software: storeguard_proto::manifest::Software::this(),
+            created_at: at,
+            created_by: pk::Requester {
+                uid: None,
+                pid: None,
+                via: "remote".into(),
+            },
+            destination: "/data/packages/pkg-1.zip".into(),
+            signature: None,
+        };
+        let mut signed = storeguard_proto::trust::sign_value(&m, device);
+        let m: PackageManifest = serde_json::from_slice(&signed).unwrap();
+        signed.push(b'\n');
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        let mut body = log;
+        if tamper {
+            body[0] ^= 1;
+        }
+        zip.start_file(pk::LOG, stored).unwrap();
+        zip.write_all(&body).unwrap();
+        zip.start_file(pk::MANIFEST, stored).unwrap();
+        zip.write_all(&signed).unwrap();
+        (zip.finish().unwrap().into_inner(), m)
+    }
+
+    /// Announces and sends a package in one chunk; returns the receiver's answer.
+    fn receive_package(rx: &mut Receiver, device: &DeviceKey, tamper: bool) -> ClipAck {
+        let (bytes, m) = package_zip(device, tamper);
+        let file = storeguard_proto::manifest::FileRef {
+            name: "pkg-1.zip".into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        let (rel, msg) = storeguard_proto::package::package_message("pkg-1", &file, &m);
+        let prefix = topics::prefix("s1", "d1");
+        assert!(rx.handle(&format!("{prefix}{rel}"), &msg).is_empty());
+        let h = topics::ChunkHeader {
+            schema: topics::SCHEMA_CHUNK.into(),
+            msg_id: "d1:pkg-1@0".into(),
+            clip: "pkg-1".into(),
+            offset: 0,
+            len: file.size,
+            total: file.size,
+            sha256: file.sha256.clone(),
+            last: true,
+        };
+        let chunk = topics::encode_chunk(&h, &bytes);
+        let acks = rx.handle(&format!("{prefix}{}", topics::chunk_topic("pkg-1")), &chunk);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].0, format!("{prefix}evidence/pkg-1/ack"));
+        serde_json::from_slice(&acks[0].1).unwrap()
+    }
+
+    #[test]
+    fn a_package_is_verified_like_evidence_verify_before_its_receipt() {
+        let d = tempfile::tempdir().unwrap();
+        let centre = Arc::new(DeviceKey::from_seed([3; 32]));
+        let device = DeviceKey::from_seed([4; 32]);
+        let mut opts = ReceiverOpts::new("mqtt://127.0.0.1:1", d.path());
+        opts.signing_key = Some(centre.clone());
+        let mut rx = Receiver::open(&opts).unwrap();
+
+        let bad = receive_package(&mut rx, &device, true);
+        assert_eq!(bad.status, AckStatus::Failed);
+        let why = bad.reason.unwrap();
+        assert!(why.contains("continuity.txt: hash mismatch"), "{why}");
+
+        let ok = receive_package(&mut rx, &device, false);
+        assert_eq!(ok.status, AckStatus::Verified, "{:?}", ok.reason);
+        let stored = d.path().join("packages/s1/d1/pkg-1.zip");
+        let (size, sha) = storeguard_proto::sha256_file(&stored).unwrap();
+        assert_eq!(
+            (ok.bytes, ok.sha256.as_deref()),
+            (Some(size), Some(sha.as_str()))
+        );
+        let report =
+            storeguard_proto::package::verify(&stored, Some(&device.public_key_b64()), None)
+                .unwrap();
+        assert_eq!(
+            ok.manifest_signature,
+            report.manifest.signature.map(|s| s.value)
+        );
+        // The receipt is signed by the centre's key; the device key is now pinned.
+        let trusted =
+            storeguard_proto::trust::TrustedKeys::parse(&[centre.public_key_b64()]).unwrap();
+        let payload = serde_json::to_vec(&ok).unwrap();
+        assert!(trusted.verify(&payload).is_ok());
+        assert_eq!(
+            fs::read_to_string(d.path().join("trust/s1/d1.pub"))
+                .unwrap()
+                .trim(),
+            device.public_key_b64()
+        );
+        // Another device key is not believed for this device any more.
+        let stranger = DeviceKey::from_seed([5; 32]);
+        fs::remove_file(d.path().join("packages/s1/d1/pkg-1.done.json")).unwrap();
+        let forged = receive_package(&mut rx, &stranger, false);
+        assert_eq!(forged.status, AckStatus::Failed);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod keys;
 pub mod manifest;
+pub mod package;
 pub mod receipt;
 pub mod remote;
 pub mod session;

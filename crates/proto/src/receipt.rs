@@ -135,6 +135,35 @@ pub fn check_kept(
     manifest: &crate::Manifest,
     centre_key: Option<&str>,
 ) -> Result<ReceiptReport, ReceiptError> {
+    let ack: ClipAck =
+        serde_json::from_slice(payload).map_err(|e| ReceiptError::Parse(e.to_string()))?;
+    let seal = manifest
+        .signature
+        .as_ref()
+        .map(|s| s.value.as_str())
+        .unwrap_or("");
+    check_kept_sealed(
+        payload,
+        &Sealed {
+            site: &manifest.site_id,
+            device: &manifest.device_id,
+            clip: &ack.clip,
+            bytes: manifest.file.size,
+            sha256: &manifest.file.sha256,
+            manifest_signature: seal,
+        },
+        centre_key,
+    )
+}
+
+/// Checks a kept `verified` receipt against what it must confirm: a clip's seal, or an
+/// uploaded package (`clip` its id, `bytes` and `sha256` its zip's, the seal its manifest's
+/// signature value). Signed by `centre_key` (base64) if given, else the key it embeds.
+pub fn check_kept_sealed(
+    payload: &[u8],
+    sealed: &Sealed<'_>,
+    centre_key: Option<&str>,
+) -> Result<ReceiptReport, ReceiptError> {
     let (_, block) = crate::trust::split_signed(payload)?;
     let key = centre_key.unwrap_or(&block.public_key);
     let trusted = TrustedKeys::parse(&[key])
@@ -148,26 +177,13 @@ pub fn check_kept(
             found: format!("{:?}", ack.status).to_lowercase(),
         });
     }
-    let seal = manifest
-        .signature
-        .as_ref()
-        .map(|s| s.value.as_str())
-        .unwrap_or("");
-    let sealed = Sealed {
-        site: &manifest.site_id,
-        device: &manifest.device_id,
-        clip: &ack.clip,
-        bytes: manifest.file.size,
-        sha256: &manifest.file.sha256,
-        manifest_signature: seal,
-    };
     let a = check(
         payload,
         &trusted,
         sealed.site,
         sealed.device,
         sealed.clip,
-        Some(&sealed),
+        Some(sealed),
     )?;
     Ok(ReceiptReport {
         ack: a.ack,
@@ -266,6 +282,28 @@ mod tests {
         // A verified receipt for a clip this box never sealed.
         let p = verified().signed(&centre());
         assert!(check(&p, &trusted(), "s1", "d1", "c1", None).is_err());
+    }
+
+    #[test]
+    fn a_kept_receipt_is_checked_offline_against_what_it_confirms() {
+        let p = verified().signed(&centre());
+        let k = centre().public_key_b64();
+        let r = check_kept_sealed(&p, &SEALED, Some(&k)).unwrap();
+        assert!(r.key_pinned);
+        assert!(check_kept_sealed(&p, &SEALED, None).is_ok());
+        let other = Sealed {
+            sha256: "cd",
+            ..SEALED
+        };
+        assert!(matches!(
+            check_kept_sealed(&p, &other, None),
+            Err(ReceiptError::Mismatch {
+                field: "sha256",
+                ..
+            })
+        ));
+        let stranger = DeviceKey::from_seed([9; 32]).public_key_b64();
+        assert!(check_kept_sealed(&p, &SEALED, Some(&stranger)).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub const SCHEMA_STATUS: &str = "storeguard.status/v1";
 pub const SCHEMA_ALERT: &str = "storeguard.alert/v1";
 pub const SCHEMA_HEALTH: &str = "storeguard.health/v1";
 pub const SCHEMA_MANIFEST_MSG: &str = "storeguard.manifest-msg/v1";
+pub const SCHEMA_PACKAGE_MSG: &str = "storeguard.package-msg/v1";
 pub const SCHEMA_CHUNK: &str = "storeguard.chunk/v1";
 pub const SCHEMA_CLIP_ACK: &str = "storeguard.clip-ack/v1";
 
@@ -696,6 +697,101 @@ mod samples {
         w(
             "cmd-result.json",
             &with_msg_id(&serde_json::to_vec(&result).unwrap(), "d1:11").unwrap(),
+        );
+
+        // An evidence package uploaded by the `package` command.
+        use crate::package as pk;
+        let at = utc_ms(now_ns());
+        let window = pk::Window {
+            from: at.clone(),
+            to: at.clone(),
+        };
+        let file = |name: &str, kind: &str| pk::PackFile {
+            name: name.into(),
+            kind: kind.into(),
+            size: 4,
+            sha256: m.file.sha256.clone(),
+        };
+        let pm = pk::PackageManifest {
+            schema: pk::SCHEMA.into(),
+            package_id: "pkg-1".into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            event: Some(pk::PackEvent {
+                id: "ev-1".into(),
+                kind: "isb_press".into(),
+                source: "till".into(),
+                at: at.clone(),
+                test: false,
+            }),
+            requested: window.clone(),
+            actual: Some(window.clone()),
+            cameras: vec![pk::PackCamera {
+                id: "cam1".into(),
+                name: "Till".into(),
+                location: String::new(),
+                clip: Some("c1.mp4".into()),
+                source: "sealed clip c1 of event ev-1".into(),
+                requested: window.clone(),
+                actual: Some(window),
+                gaps: vec![],
+            }],
+            files: vec![
+                file("c1.mp4", "clip"),
+                file("c1.mp4.manifest.json", "clip_manifest"),
+                file(pk::LOG, "continuity_log"),
+                file(pk::VIEWER, "viewer"),
+            ],
+            software: crate::manifest::Software::this(),
+            created_at: at.clone(),
+            created_by: pk::Requester {
+                uid: None,
+                pid: None,
+                via: "remote".into(),
+            },
+            destination: "/var/lib/storeguard/packages/pkg-1.zip".into(),
+            signature: None,
+        };
+        let signed = crate::trust::sign_value(&pm, &key);
+        w("evidence-package.json", &signed);
+        let pm: pk::PackageManifest = serde_json::from_slice(&signed).unwrap();
+        let zip = crate::manifest::FileRef {
+            name: "pkg-1.zip".into(),
+            size: 4,
+            sha256: m.file.sha256.clone(),
+        };
+        w(
+            "package-msg.json",
+            &with_msg_id(&pk::package_message("pkg-1", &zip, &pm).1, "d1:12").unwrap(),
+        );
+        let package_ack = ClipAck {
+            schema: SCHEMA_CLIP_ACK.into(),
+            site_id: "s1".into(),
+            device_id: "d1".into(),
+            clip: "pkg-1".into(),
+            status: AckStatus::Verified,
+            bytes: Some(zip.size),
+            sha256: Some(zip.sha256.clone()),
+            manifest_signature: pm.signature.as_ref().map(|s| s.value.clone()),
+            resend_from: None,
+            need_manifest: false,
+            reason: None,
+            at: at.clone(),
+            signature: None,
+        };
+        w("clip-ack-package.json", &package_ack.signed(&key));
+        let package_result = rm::CmdResult {
+            name: "package".into(),
+            request_id: "r-2".into(),
+            result: Some(serde_json::json!({
+                "package": "pkg-1", "event": "ev-1", "file": zip, "files": pm.files,
+                "upload": "queued",
+            })),
+            ..result
+        };
+        w(
+            "cmd-result-package.json",
+            &with_msg_id(&serde_json::to_vec(&package_result).unwrap(), "d1:13").unwrap(),
         );
     }
 }

@@ -1,7 +1,8 @@
 //! sg-receiver: the control-centre reference receiver (see docs/mqtt.md).
 //!
-//! Stdout: one `ALERT ...` line per new alert and one `CLIP ... verified` line per
-//! verified clip; logs go to stderr (`STOREGUARD_LOG=debug` for more).
+//! Stdout: one `ALERT ...` line per new alert, one `CLIP ... verified` line per verified
+//! clip and one `PACKAGE ... verified` line per verified evidence package; logs go to
+//! stderr (`STOREGUARD_LOG=debug` for more).
 
 use clap::Parser;
 use std::collections::HashMap;
@@ -15,13 +16,13 @@ use storeguard_proto::DeviceKey;
 #[command(
     name = "sg-receiver",
     version,
-    about = "Receives storeguard alerts and evidence clips over MQTT"
+    about = "Receives storeguard alerts, evidence clips and evidence packages over MQTT"
 )]
 struct Args {
     /// Broker URL: mqtt://host[:port] or mqtts://host[:port].
     #[arg(long)]
     broker: String,
-    /// Output directory: alerts.jsonl, health.jsonl, clips/, trust/.
+    /// Output directory: alerts.jsonl, health.jsonl, clips/, packages/, trust/.
     #[arg(long)]
     out: PathBuf,
     /// Directory of the receipt-signing key (`centre_ed25519.key`, raw 32-byte seed, mode

@@ -411,6 +411,31 @@ fn verify_evidence(
         for l in &r.lines {
             text.push_str(&format!("    {l}\n"));
         }
+        // An uploaded package's receipt lies beside its zip (the box's upload spool).
+        let receipt = storeguard_proto::receipt::receipt_path(clip);
+        if clip.is_file() && receipt.is_file() {
+            let bad = |e: String| {
+                exit::coded(
+                    exit::DATAERR,
+                    format!("verification FAILED for {}: {e}", receipt.display()),
+                )
+            };
+            let bytes = std::fs::read(&receipt).map_err(|e| bad(e.to_string()))?;
+            let (size, sha) =
+                storeguard::evidence::sha256_file(clip).map_err(|e| bad(e.to_string()))?;
+            let m = &r.manifest;
+            let sealed = storeguard_proto::receipt::Sealed {
+                site: &m.site_id,
+                device: &m.device_id,
+                clip: &m.package_id,
+                bytes: size,
+                sha256: &sha,
+                manifest_signature: m.signature.as_ref().map_or("", |s| s.value.as_str()),
+            };
+            let rep = storeguard_proto::receipt::check_kept_sealed(&bytes, &sealed, centre_key)
+                .map_err(|e| bad(e.to_string()))?;
+            text.push_str(&output::receipt(&receipt, &rep));
+        }
         return Ok(text);
     }
     let failed = |e: &dyn std::error::Error| {

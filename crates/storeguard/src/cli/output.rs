@@ -204,6 +204,18 @@ pub fn watch_line(v: &Value) -> String {
     line
 }
 
+/// The line under a clip or package the control centre confirmed.
+fn confirmed(o: &mut String, receipt: &Value) {
+    if let Some(r) = receipt.as_object() {
+        let _ = writeln!(
+            o,
+            "      confirmed by the control centre at {} (receipt signed by key {})",
+            local_time(r["at"].as_str().unwrap_or("")),
+            r["key_id"].as_str().unwrap_or("?")
+        );
+    }
+}
+
 pub fn events(v: &Value) -> String {
     let mut o = String::new();
     for e in v["events"].as_array().into_iter().flatten() {
@@ -232,14 +244,17 @@ pub fn events(v: &Value) -> String {
                     .map(|e| format!("  error: {e}"))
                     .unwrap_or_default()
             );
-            if let Some(r) = c["receipt"].as_object() {
-                let _ = writeln!(
-                    o,
-                    "      confirmed by the control centre at {} (receipt signed by key {})",
-                    local_time(r["at"].as_str().unwrap_or("")),
-                    r["key_id"].as_str().unwrap_or("?")
-                );
-            }
+            confirmed(&mut o, &c["receipt"]);
+        }
+        for p in e["packages"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                o,
+                "    package {:<8} {}  ({} bytes, for the control centre)",
+                s(&p["state"]),
+                p["path"].as_str().unwrap_or(""),
+                p["bytes"]
+            );
+            confirmed(&mut o, &p["receipt"]);
         }
     }
     if o.is_empty() {

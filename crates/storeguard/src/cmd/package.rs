@@ -3,10 +3,10 @@
 //! streamed back. Every attempt, refused and failed ones included, is audited.
 
 use super::{Caller, CmdError, Reply, Via, blocking, time_arg};
-use crate::evidence::package::{self, Built, PackageError, Refusal, Requester, Scope};
+use crate::evidence::package::{self, Built, Dest, PackageError, Refusal, Requester, Scope};
 use crate::state::State;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storeguard_base::now_ns;
@@ -60,7 +60,7 @@ impl Package {
                     at_destination: false,
                 };
                 return blocking(move || {
-                    audit(&st, caller, &target, &out, Err(&failed));
+                    audit(&st, caller, &target, &Dest::Export(out), Err(&failed));
                     Err(failed.error)
                 })
                 .await;
@@ -80,7 +80,8 @@ impl Package {
                     let _ = tx.blocking_send(json!({ "progress": p }));
                 }
             };
-            let line = match export(&st, &scope, &target, &self.out, caller, &mut progress) {
+            let dest = Dest::Export(self.out.clone());
+            let line = match export(&st, &scope, &target, &dest, caller, &mut progress) {
                 Ok(b) => json!({ "done": done(&b) }),
                 Err(e) => json!({ "failed": { "kind": e.kind(), "error": e.error.message() } }),
             };
@@ -137,14 +138,14 @@ impl Failed {
     }
 }
 
-/// Builds a package of `scope` at `out` and audits the outcome, whatever it is. Blocking:
+/// Builds a package of `scope` at `dest` and audits the outcome, whatever it is. Blocking:
 /// call it inside [`blocking`]. This is what a transport calls; MQTT's `package` command
-/// uses [`event_package`].
+/// uses [`upload_event_package`].
 pub fn export(
     st: &State,
     scope: &Scope,
     target: &str,
-    out: &Path,
+    dest: &Dest,
     caller: Caller,
     progress: &mut dyn FnMut(package::Progress),
 ) -> Result<Built, Failed> {
@@ -155,7 +156,7 @@ pub fn export(
         key: &st.incidents.key,
         config: &cfg,
     };
-    let r = package::build(&ctx, scope, out, &requester(caller), progress).map_err(|e| {
+    let r = package::build(&ctx, scope, dest, &requester(caller), progress).map_err(|e| {
         let at_destination = matches!(
             e,
             PackageError::Destination { .. } | PackageError::NotVerified { .. }
@@ -174,44 +175,72 @@ pub fn export(
             at_destination,
         }
     });
-    audit(st, caller, target, out, r.as_ref());
+    audit(st, caller, target, dest, r.as_ref());
     match &r {
         Ok(b) => {
-            tracing::info!(package = %b.manifest.package_id, destination = %out.display(), uid = ?caller.uid, "evidence package exported")
+            tracing::info!(package = %b.manifest.package_id, destination = %b.path.display(), uid = ?caller.uid, "evidence package exported")
         }
         Err(e) => {
-            tracing::warn!(destination = %out.display(), uid = ?caller.uid, error = %e.error.message(), "evidence package not exported")
+            tracing::warn!(destination = %dest.shown(st.store.data_dir()).display(), uid = ?caller.uid, error = %e.error.message(), "evidence package not exported")
         }
     }
     r
 }
 
-/// Builds a package of every camera of event `event` into `out` (a folder, or a `.zip`
-/// archive by its name) and audits it: the package's path and its signed manifest. For
-/// the upstream `package` command, which then uploads it. Blocking.
-pub fn event_package(
+/// The end of the latest window among the event's clips still being cut (UTC ns), or
+/// `None` when none is (or there is no such event: building says so). Blocking.
+pub fn cutting_until(st: &State, event: &str) -> Result<Option<i64>, CmdError> {
+    let Some(ev) = st.store.event_by_uid(event).map_err(CmdError::internal)? else {
+        return Ok(None);
+    };
+    let clips = st.store.clips_of_event(ev.id).map_err(CmdError::internal)?;
+    Ok(clips
+        .iter()
+        .filter(|c| c.state == "pending")
+        .map(|c| c.to_ns)
+        .max())
+}
+
+/// A package made for the control centre and queued for upload.
+#[derive(Debug, Clone)]
+pub struct Uploading {
+    pub built: Built,
+    /// The zip archive: name, size, SHA-256 (what the receipt must name).
+    pub file: storeguard_proto::manifest::FileRef,
+}
+
+/// Builds a `.zip` package of every camera of event `event` in the data directory's upload
+/// spool, audits it like any export, and queues it for upload through the outbox (it then
+/// goes like a clip: chunks, resume after outages and restarts, a signed receipt). For the
+/// upstream `package` command. Blocking.
+pub fn upload_event_package(
     st: &State,
     event: &str,
-    out: &Path,
+    request_id: &str,
     caller: Caller,
-) -> Result<(PathBuf, package::PackageManifest), CmdError> {
-    let b = export(
+) -> Result<Uploading, CmdError> {
+    let built = export(
         st,
         &Scope::Event(event.to_string()),
         event,
-        out,
+        &Dest::Upload,
         caller,
         &mut |_| {},
     )?;
-    Ok((b.path, b.manifest))
+    let file = package::queue_upload(&st.store, &built, Some(request_id)).map_err(|e| {
+        tracing::error!(package = %built.manifest.package_id, "queuing the package upload: {}", storeguard_base::error::chain(&e));
+        CmdError::internal(e)
+    })?;
+    tracing::info!(package = %built.manifest.package_id, bytes = file.size, "evidence package queued for upload");
+    Ok(Uploading { built, file })
 }
 
 /// One audit row per attempt: who, where to, and the files with their hashes (or why not).
-fn audit(st: &State, caller: Caller, target: &str, out: &Path, outcome: Result<&Built, &Failed>) {
+fn audit(st: &State, caller: Caller, target: &str, dest: &Dest, outcome: Result<&Built, &Failed>) {
     let detail = match outcome {
         Ok(b) => json!({
             "outcome": "exported",
-            "destination": out,
+            "destination": b.path,
             "package": b.manifest.package_id,
             "event": b.manifest.event.as_ref().map(|e| &e.id),
             "files": b.manifest.files,
@@ -221,7 +250,7 @@ fn audit(st: &State, caller: Caller, target: &str, out: &Path, outcome: Result<&
             // Refused: nothing was written; failed: writing or checking the copy went wrong.
             "outcome": if e.at_destination || matches!(e.error, CmdError::Internal(_)) { "failed" } else { "refused" },
             "kind": e.kind(),
-            "destination": out,
+            "destination": dest.shown(st.store.data_dir()),
             "error": e.error.message(),
         }),
     };

@@ -72,6 +72,8 @@ async fn run_async(
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
     store.set_outbox_limits(crate::uplink::outbox_limits(&cfg));
     store.meta_set("config_version", &loaded.version)?;
+    let spool = store.clone();
+    tokio::task::spawn_blocking(move || crate::evidence::package::clean_spool(&spool)).await?;
 
     let (listener, gid) = Listener::bind(&cfg.control.socket, cfg.control.group.as_deref())
         .await

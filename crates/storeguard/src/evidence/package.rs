@@ -16,21 +16,24 @@
 use super::clip::{self, ClipError};
 use crate::config::{Camera, Config};
 use crate::recording::Recorder;
+use crate::store::package::NewPackage;
 use crate::store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use storeguard_base::utc_ms;
-use storeguard_proto::manifest::{Manifest, SignatureBlock, Software, verify_signed};
+use storeguard_proto::manifest::{FileRef, Manifest, Software};
 use storeguard_proto::{DeviceKey, sidecar_path};
 
-pub const SCHEMA: &str = "storeguard.package/v1";
-/// The signed list of everything else in the package.
-pub const MANIFEST: &str = "manifest.json";
-pub const VIEWER: &str = "index.html";
-pub const LOG: &str = "continuity.txt";
+// The manifest and the offline check are the wire format: the control centre's receiver
+// checks an uploaded package with the same code as `storeguard evidence verify`.
+pub use storeguard_proto::package::{
+    LOG, MANIFEST, PackCamera, PackEvent, PackFile, PackGap, PackageManifest, Report, Requester,
+    SCHEMA, VIEWER, VerifyFailure, Window, is_package, verify,
+};
+
 const VIEWER_TEMPLATE: &str = include_str!("viewer.html");
 const DATA_SLOT: &str = "/*PACKAGE-DATA*/null";
 const COPY_CHUNK: usize = 1 << 20;
@@ -59,16 +62,6 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
 }
 
-/// Who asked, as written into the manifest and the continuity log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Requester {
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
-    /// The transport: `control_socket`, later `mqtt`.
-    pub via: String,
-}
-
 /// A step of [`build`], for a progress bar.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
@@ -78,78 +71,29 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// One file of the package as listed in its manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackFile {
-    pub name: String,
-    /// `clip`, `clip_manifest`, `receipt`, `continuity_log`, `viewer`.
-    pub kind: String,
-    pub size: u64,
-    pub sha256: String,
+/// Where a package goes.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    /// A new folder, or a `.zip` by its name, that the caller names: absolute, outside the
+    /// data directory (a USB stick).
+    Export(PathBuf),
+    /// `<data_dir>/packages/<package id>.zip`, to be uploaded through the outbox
+    /// ([`queue_upload`]; the `package` remote command).
+    Upload,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Window {
-    pub from: String,
-    pub to: String,
-}
+/// The upload spool below the data directory.
+pub const UPLOAD_DIR: &str = "packages";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackGap {
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackEvent {
-    pub id: String,
-    pub kind: String,
-    pub source: String,
-    pub at: String,
-    pub test: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackCamera {
-    pub id: String,
-    pub name: String,
-    pub location: String,
-    /// The MP4's file name, or `None` when the ring held nothing (see `gaps`).
-    pub clip: Option<String>,
-    /// Where the footage came from, in words.
-    pub source: String,
-    pub requested: Window,
-    /// First and last frame in the clip.
-    pub actual: Option<Window>,
-    pub gaps: Vec<PackGap>,
-}
-
-/// `manifest.json`. Field order is the file's order; the signature is the last member.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PackageManifest {
-    pub schema: String,
-    pub package_id: String,
-    pub site_id: String,
-    pub device_id: String,
-    pub event: Option<PackEvent>,
-    pub requested: Window,
-    /// Earliest first frame to latest last frame over all cameras.
-    pub actual: Option<Window>,
-    pub cameras: Vec<PackCamera>,
-    pub files: Vec<PackFile>,
-    pub software: Software,
-    pub created_at: String,
-    pub created_by: Requester,
-    pub destination: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<SignatureBlock>,
+impl Dest {
+    /// The destination as the audit trail names it (for an upload, before the package id
+    /// is known: the spool directory).
+    pub fn shown(&self, data_dir: &Path) -> PathBuf {
+        match self {
+            Dest::Export(p) => p.clone(),
+            Dest::Upload => data_dir.join(UPLOAD_DIR),
+        }
+    }
 }
 
 /// A package written and verified.
@@ -157,6 +101,8 @@ pub struct PackageManifest {
 pub struct Built {
     pub path: PathBuf,
     pub manifest: PackageManifest,
+    /// `manifest.json` as written (signed, one line and a newline).
+    pub manifest_bytes: Vec<u8>,
     /// Clips cut from the ring for this package (manual-export clip rows), by uid.
     pub cut: Vec<String>,
 }
@@ -194,25 +140,10 @@ pub enum PackageError {
     Store(#[from] StoreError),
 }
 
-/// A package that does not check out: the file and what is wrong with it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{file}: {reason}")]
-pub struct VerifyFailure {
-    pub file: String,
-    pub reason: String,
-}
-
 fn refused(why: Refusal, message: impl Into<String>) -> PackageError {
     PackageError::Refused {
         why,
         message: message.into(),
-    }
-}
-
-fn fail(file: &str, reason: impl Into<String>) -> VerifyFailure {
-    VerifyFailure {
-        file: file.to_string(),
-        reason: reason.into(),
     }
 }
 
@@ -238,11 +169,13 @@ pub fn is_zip_path(out: &Path) -> bool {
 pub fn build(
     ctx: &Ctx<'_>,
     scope: &Scope,
-    out: &Path,
+    dest: &Dest,
     by: &Requester,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Built, PackageError> {
-    check_destination(ctx.store.data_dir(), out)?;
+    if let Dest::Export(out) = dest {
+        check_destination(ctx.store.data_dir(), out)?;
+    }
     let now = storeguard_base::now_ns();
     let (event, parts) = plan(ctx, scope)?;
     let package_id = format!(
@@ -253,6 +186,18 @@ pub fn build(
             None => "range".to_string(),
         }
     );
+    let out = match dest {
+        Dest::Export(p) => p.clone(),
+        Dest::Upload => {
+            let dir = ctx.store.data_dir().join(UPLOAD_DIR);
+            if !dir.is_dir() {
+                std::fs::create_dir_all(&dir).map_err(dest_err(&dir))?;
+                super::fsync_dir(ctx.store.data_dir()).map_err(dest_err(&dir))?;
+            }
+            dir.join(format!("{package_id}.zip"))
+        }
+    };
+    let out = out.as_path();
     let mut step = |s: &str, done, total| {
         progress(Progress {
             step: s.to_string(),
@@ -366,12 +311,13 @@ pub fn build(
         })?;
         std::fs::rename(&partial, out).map_err(dest_err(out))?;
         super::fsync_dir(&super::parent_dir(out)).map_err(dest_err(out))?;
-        Ok(m)
+        Ok((m, signed))
     })();
     match result {
-        Ok(manifest) => Ok(Built {
+        Ok((manifest, manifest_bytes)) => Ok(Built {
             path: out.to_path_buf(),
             manifest,
+            manifest_bytes,
             cut,
         }),
         Err(e) => {
@@ -382,6 +328,87 @@ pub fn build(
                 std::fs::remove_file(&partial)
             };
             Err(e)
+        }
+    }
+}
+
+/// Queues a package built with [`Dest::Upload`] for the control centre: its signed
+/// manifest is kept beside the zip (`<zip>.manifest.json`, as a clip's), then one
+/// transaction records it and queues its manifest message; chunks, resume and the signed
+/// receipt then work as for a clip. Returns the zip's name, size and SHA-256.
+pub fn queue_upload(
+    store: &Store,
+    built: &Built,
+    request_id: Option<&str>,
+) -> Result<FileRef, PackageError> {
+    let file = FileRef::from_path(&built.path)
+        .map_err(|e| PackageError::Source(format!("hashing {}: {e}", built.path.display())))?;
+    let side = sidecar_path(&built.path);
+    storeguard_base::fs::write_atomic(&side, &built.manifest_bytes, 0o644)
+        .map_err(dest_err(&side))?;
+    let rel = built
+        .path
+        .strip_prefix(store.data_dir())
+        .map_err(|_| {
+            PackageError::Source(format!(
+                "{} is not in the data directory; only packages built for upload go upstream",
+                built.path.display()
+            ))
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let id = &built.manifest.package_id;
+    let (topic, payload) = storeguard_proto::package::package_message(id, &file, &built.manifest);
+    store.seal_package(
+        &NewPackage {
+            uid: id,
+            event: built.manifest.event.as_ref().map(|e| e.id.as_str()),
+            request_id,
+            path: &rel,
+            sha256: &file.sha256,
+            bytes: file.size,
+        },
+        (&topic, &payload),
+        storeguard_base::now_ns(),
+    )?;
+    Ok(file)
+}
+
+/// At start-up: removes what a crash left in the upload spool, a package half written
+/// (`*.partial`) or written but never recorded for upload (a zip, and its manifest, with
+/// no `package` row). Recorded packages are kept whatever their state.
+pub fn clean_spool(store: &Store) {
+    let dir = store.data_dir().join(UPLOAD_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name
+            .strip_suffix(".zip.manifest.json")
+            .or_else(|| name.strip_suffix(".zip"));
+        let orphan = if name.ends_with(".partial") {
+            true
+        } else if let Some(id) = id {
+            matches!(store.package(id), Ok(None))
+        } else {
+            false
+        };
+        if orphan {
+            let r = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match r {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "removed a package a crash left unfinished in the upload spool")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "could not remove an unfinished package: {e}")
+                }
+            }
         }
     }
 }
@@ -1067,294 +1094,41 @@ impl Write for EntryWriter<'_> {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Verification
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What a successful [`verify`] established.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub manifest: PackageManifest,
-    pub key_id: String,
-    /// The caller's expected key matched (else only integrity under the named key).
-    pub key_trusted: bool,
-    /// Human lines, one per check.
-    pub lines: Vec<String>,
-}
-
-/// A package on disk: a folder or a zip archive.
-enum Source {
-    Dir(PathBuf),
-    Zip(zip::ZipArchive<File>),
-}
-
-impl Source {
-    fn open(path: &Path) -> Result<Source, VerifyFailure> {
-        let label = path.display().to_string();
-        if path.is_dir() {
-            return Ok(Source::Dir(path.to_path_buf()));
+    #[test]
+    fn a_crash_leaves_nothing_unrecorded_in_the_upload_spool() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let spool = d.path().join(UPLOAD_DIR);
+        std::fs::create_dir_all(spool.join("pkg-b.zip.partial")).unwrap();
+        for f in [
+            "pkg-a.zip",
+            "pkg-a.zip.manifest.json",
+            "pkg-c.zip",
+            "pkg-c.zip.manifest.json",
+        ] {
+            std::fs::write(spool.join(f), b"x").unwrap();
         }
-        let f = File::open(path).map_err(|e| fail(&label, e.to_string()))?;
-        zip::ZipArchive::new(f)
-            .map(Source::Zip)
-            .map_err(|e| fail(&label, format!("not a package folder or zip archive: {e}")))
-    }
-
-    fn names(&mut self) -> Result<Vec<String>, VerifyFailure> {
-        match self {
-            Source::Dir(d) => {
-                let mut v = Vec::new();
-                let rd = std::fs::read_dir(&*d)
-                    .map_err(|e| fail(&d.display().to_string(), e.to_string()))?;
-                for e in rd {
-                    let e = e.map_err(|e| fail(&d.display().to_string(), e.to_string()))?;
-                    v.push(e.file_name().to_string_lossy().into_owned());
-                }
-                v.sort();
-                Ok(v)
-            }
-            Source::Zip(z) => z
-                .file_names()
-                .map(|n| {
-                    n.map(|n| n.into_owned())
-                        .map_err(|e| fail("zip directory", e.to_string()))
-                })
-                .collect(),
-        }
-    }
-
-    /// Reads an entry, returning its size and SHA-256 (and its bytes into `keep`).
-    fn hash(
-        &mut self,
-        name: &str,
-        keep: Option<&mut Vec<u8>>,
-    ) -> Result<(u64, String), VerifyFailure> {
-        let mut r: Box<dyn Read + '_> = match self {
-            Source::Dir(d) => {
-                Box::new(File::open(d.join(name)).map_err(|e| fail(name, e.to_string()))?)
-            }
-            Source::Zip(z) => Box::new(z.by_name(name).map_err(|e| fail(name, e.to_string()))?),
+        let p = NewPackage {
+            uid: "pkg-a",
+            event: None,
+            request_id: None,
+            path: "packages/pkg-a.zip",
+            sha256: "00",
+            bytes: 1,
         };
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; COPY_CHUNK];
-        let mut size = 0u64;
-        let mut keep = keep;
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(fail(name, format!("read at offset {size}: {e}"))),
-            };
-            h.update(&buf[..n]);
-            if let Some(k) = keep.as_deref_mut() {
-                k.extend_from_slice(&buf[..n]);
-            }
-            size += n as u64;
-        }
-        Ok((size, hex::encode(h.finalize())))
+        store
+            .seal_package(&p, ("evidence/pkg-a/manifest", b"{}"), 1)
+            .unwrap();
+        clean_spool(&store);
+        let mut left: Vec<String> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["pkg-a.zip", "pkg-a.zip.manifest.json"]);
     }
-
-    fn read(&mut self, name: &str) -> Result<Vec<u8>, VerifyFailure> {
-        let mut v = Vec::new();
-        self.hash(name, Some(&mut v))?;
-        Ok(v)
-    }
-}
-
-/// True if `path` is a package (a folder with `manifest.json`, or a zip archive) rather
-/// than a clip.
-pub fn is_package(path: &Path) -> bool {
-    if path.is_dir() {
-        return true;
-    }
-    let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"PK\x03\x04"
-}
-
-/// Checks a package: the manifest's signature (by `pubkey` if given), every listed file's
-/// size and SHA-256, that nothing unlisted was added, each clip against its own signed
-/// manifest (same device key), and each receipt against its clip (by `centre_key` if
-/// given). The first failure names the file.
-pub fn verify(
-    path: &Path,
-    pubkey: Option<&str>,
-    centre_key: Option<&str>,
-) -> Result<Report, VerifyFailure> {
-    let mut src = Source::open(path)?;
-    let names = src.names()?;
-    if !names.iter().any(|n| n == MANIFEST) {
-        return Err(fail(
-            MANIFEST,
-            format!("missing from {}: not an evidence package", path.display()),
-        ));
-    }
-    let raw = src.read(MANIFEST)?;
-    let body = raw.strip_suffix(b"\n").unwrap_or(&raw);
-    let m: PackageManifest = serde_json::from_slice(body)
-        .map_err(|e| fail(MANIFEST, format!("is not a valid {SCHEMA} manifest: {e}")))?;
-    if m.schema != SCHEMA {
-        return Err(fail(
-            MANIFEST,
-            format!("schema is {:?}, expected {SCHEMA:?}", m.schema),
-        ));
-    }
-    let (_, block) =
-        storeguard_proto::trust::split_signed(body).map_err(|e| fail(MANIFEST, e.to_string()))?;
-    let signer = storeguard_proto::parse_public_key(&block.public_key)
-        .map_err(|e| fail(MANIFEST, format!("bad public key in the signature: {e}")))?;
-    let key_id = storeguard_proto::keys::key_id_of(&signer);
-    if block.key_id != key_id {
-        return Err(fail(
-            MANIFEST,
-            format!(
-                "key_id is {}, but the public key it carries has id {key_id}",
-                block.key_id
-            ),
-        ));
-    }
-    let key_trusted = match pubkey {
-        None => false,
-        Some(k) => {
-            let want = storeguard_proto::parse_public_key(k).map_err(|e| {
-                fail(
-                    MANIFEST,
-                    format!("the expected public key is unusable: {e}"),
-                )
-            })?;
-            if want != signer {
-                return Err(fail(
-                    MANIFEST,
-                    format!(
-                        "signed by key {key_id}, not the expected key {}",
-                        storeguard_proto::keys::key_id_of(&want)
-                    ),
-                ));
-            }
-            true
-        }
-    };
-    storeguard_proto::trust::TrustedKeys::parse(&[&block.public_key])
-        .map_err(|(_, e)| fail(MANIFEST, e))?
-        .verify(body)
-        .map_err(|_| fail(MANIFEST, format!("signature does not match its contents under key {key_id}: the manifest was altered after signing")))?;
-    let mut lines = vec![format!(
-        "manifest   {MANIFEST}: signed by key {key_id}{}",
-        if key_trusted {
-            " (matches the expected public key)"
-        } else {
-            " (the key it names; pass --pubkey to check whose it is)"
-        }
-    )];
-
-    for n in &names {
-        if n != MANIFEST && !m.files.iter().any(|f| &f.name == n) {
-            return Err(fail(
-                n,
-                "is not listed in the signed manifest.json (added after packaging)",
-            ));
-        }
-    }
-    let mut small = std::collections::HashMap::new();
-    let mut seen = std::collections::HashMap::new();
-    for f in &m.files {
-        if !names.contains(&f.name) {
-            return Err(fail(&f.name, "is listed in manifest.json but missing"));
-        }
-        let mut keep = Vec::new();
-        let want_bytes = f.kind != "clip";
-        let (size, sha) = src.hash(&f.name, want_bytes.then_some(&mut keep))?;
-        if size != f.size {
-            return Err(fail(
-                &f.name,
-                format!("size mismatch: {size} bytes, manifest.json says {}", f.size),
-            ));
-        }
-        if sha != f.sha256 {
-            return Err(fail(
-                &f.name,
-                format!(
-                    "hash mismatch: SHA-256 is {sha}, manifest.json says {}",
-                    f.sha256
-                ),
-            ));
-        }
-        lines.push(format!("ok         {}  {}", f.sha256, f.name));
-        seen.insert(f.name.clone(), (size, sha));
-        if want_bytes {
-            small.insert(f.name.clone(), keep);
-        }
-    }
-    for c in &m.cameras {
-        let Some(clip) = &c.clip else {
-            lines.push(format!(
-                "camera     {}: no footage ({})",
-                c.id,
-                c.gaps.first().map(|g| g.reason.as_str()).unwrap_or("")
-            ));
-            continue;
-        };
-        let mname = sidecar_path(Path::new(clip)).to_string_lossy().into_owned();
-        let Some(mbytes) = small.get(&mname) else {
-            return Err(fail(
-                &mname,
-                format!("the manifest of {clip} is missing from the package"),
-            ));
-        };
-        let sm = verify_signed(mbytes, Path::new(&mname), Some(&block.public_key))
-            .map_err(|e| fail(&mname, storeguard_base::error::chain(&e)))?;
-        let (size, sha) = seen.get(clip).ok_or_else(|| fail(clip, "is missing"))?;
-        if *size != sm.manifest.file.size || !sha.eq_ignore_ascii_case(&sm.manifest.file.sha256) {
-            return Err(fail(
-                clip,
-                format!(
-                    "does not match its signed manifest {mname}: SHA-256 {sha} ({size} bytes), manifest says {} ({} bytes)",
-                    sm.manifest.file.sha256, sm.manifest.file.size
-                ),
-            ));
-        }
-        lines.push(format!(
-            "clip       {}: {clip} matches its signed manifest (frames {} to {})",
-            c.id,
-            utc_ms(
-                sm.manifest
-                    .actual
-                    .first_frame
-                    .timestamp_nanos_opt()
-                    .unwrap_or(0)
-            ),
-            utc_ms(
-                sm.manifest
-                    .actual
-                    .last_frame
-                    .timestamp_nanos_opt()
-                    .unwrap_or(0)
-            )
-        ));
-        let rname = storeguard_proto::receipt::receipt_path(Path::new(clip))
-            .to_string_lossy()
-            .into_owned();
-        if let Some(r) = small.get(&rname) {
-            let rep = storeguard_proto::receipt::check_kept(r, &sm.manifest, centre_key)
-                .map_err(|e| fail(&rname, storeguard_base::error::chain(&e)))?;
-            lines.push(format!(
-                "receipt    {rname}: the control centre confirmed these bytes (key {})",
-                rep.key_id
-            ));
-        }
-        for g in &c.gaps {
-            lines.push(format!(
-                "gap        {}: {} to {}: {}",
-                c.id, g.from, g.to, g.reason
-            ));
-        }
-    }
-    Ok(Report {
-        manifest: m,
-        key_id,
-        key_trusted,
-        lines,
-    })
 }

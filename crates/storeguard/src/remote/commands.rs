@@ -25,9 +25,14 @@ pub const NAMES: &[&str] = &[
     "button_test",
     "restart_camera",
     "status",
+    "package",
 ];
 /// A remote clip or hold covers at most this span.
 const MAX_SPAN_NS: i64 = 24 * 3600 * 1_000_000_000;
+/// `package` waits for clips still being cut until this long after their window ends...
+const PACKAGE_CUT_GRACE_NS: i64 = 30_000_000_000;
+/// ...and never longer than this in all.
+const PACKAGE_WAIT_MAX: Duration = Duration::from_secs(600);
 
 fn caller() -> Caller {
     Caller {
@@ -248,6 +253,12 @@ struct OneCamera {
     camera: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackageArgs {
+    event: String,
+}
+
 async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> {
     let a = &c.args;
     match name {
@@ -347,8 +358,50 @@ async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> 
             st.cameras.restart(&o.camera);
             Ok(json!({ "camera": o.camera, "restarted": true }))
         }
+        "package" => package(st, args::<PackageArgs>(name, a)?.event, &c.request_id).await,
         other => Err(format!("no such command {other:?}")),
     }
+}
+
+/// An evidence package of an event, built as a `.zip` on the box and queued for upload:
+/// the answer says what was packaged; the upload then goes on through the outbox.
+async fn package(st: &Arc<State>, event: String, request_id: &str) -> Result<Value, String> {
+    // Asked for right after an alert, the post-roll may not be over: wait for the clips
+    // (a clip is cut within seconds of its window's end), then build.
+    let give_up = std::time::Instant::now() + PACKAGE_WAIT_MAX;
+    loop {
+        let (st2, ev) = (st.clone(), event.clone());
+        let until = blocking(move || cmd::package::cutting_until(&st2, &ev))
+            .await
+            .map_err(|e| e.message())?;
+        match until {
+            Some(end)
+                if now_ns() < end + PACKAGE_CUT_GRACE_NS && std::time::Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            // None pending, or waited long enough: building says what is missing.
+            _ => break,
+        }
+    }
+    let (st2, rid) = (st.clone(), request_id.to_string());
+    let up = blocking(move || cmd::package::upload_event_package(&st2, &event, &rid, caller()))
+        .await
+        .map_err(|e| e.message())?;
+    notify_uplink(st);
+    let m = &up.built.manifest;
+    Ok(json!({
+        "package": m.package_id,
+        "event": m.event.as_ref().map(|e| &e.id),
+        "file": up.file,
+        "cameras": m.cameras.iter().map(|c| json!({
+            "id": c.id, "clip": c.clip, "actual": c.actual, "gaps": c.gaps,
+        })).collect::<Vec<_>>(),
+        "files": m.files,
+        "cut": up.built.cut,
+        "manifest_signature": m.signature.as_ref().map(|s| &s.value),
+        "upload": "queued",
+    }))
 }
 
 async fn snapshot(st: &Arc<State>, mut cameras: Vec<String>) -> Result<Value, String> {

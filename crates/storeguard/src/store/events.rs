@@ -278,13 +278,7 @@ impl Store {
             return Ok(false);
         }
         if let Some(rel) = &row.path {
-            let side = receipt_path(&self.data_dir().join(rel));
-            storeguard_base::fs::write_atomic(&side, receipt, 0o644).map_err(|source| {
-                StoreError::File {
-                    path: side.clone(),
-                    source,
-                }
-            })?;
+            self.keep_receipt(rel, receipt)?;
         }
         let text = String::from_utf8_lossy(receipt).into_owned();
         let mut c = self.conn();
@@ -306,16 +300,22 @@ impl Store {
             if let Some(l) = lock {
                 tx.execute("DELETE FROM retention_lock WHERE id = ?1", [l])?;
             }
-            let detail = serde_json::json!({ "key_id": key_id, "receipt": text }).to_string();
-            tx.execute(
-                "INSERT INTO audit(at_ns, uid, pid, action, target, detail) \
-                 VALUES (?1, NULL, NULL, 'clip_receipt', ?2, ?3)",
-                params![now_ns, uid, detail],
-            )?;
+            audit_receipt(&tx, "clip_receipt", uid, now_ns, &text, key_id)?;
             tx.commit()?;
             Ok(true)
         })();
         self.sq(r)
+    }
+
+    /// Writes an accepted receipt beside the evidence file at `rel` (`x` → `x.receipt.json`).
+    pub(super) fn keep_receipt(&self, rel: &str, receipt: &[u8]) -> Result<()> {
+        let side = receipt_path(&self.data_dir().join(rel));
+        storeguard_base::fs::write_atomic(&side, receipt, 0o644).map_err(|source| {
+            StoreError::File {
+                path: side.clone(),
+                source,
+            }
+        })
     }
 
     pub fn audit(
@@ -353,3 +353,20 @@ impl Store {
 }
 
 pub use storeguard_proto::receipt::receipt_path;
+
+/// The audit row of an accepted receipt (`clip_receipt`, `package_receipt`).
+pub(super) fn audit_receipt(
+    tx: &rusqlite::Transaction<'_>,
+    action: &str,
+    uid: &str,
+    now_ns: i64,
+    receipt: &str,
+    key_id: &str,
+) -> rusqlite::Result<()> {
+    let detail = serde_json::json!({ "key_id": key_id, "receipt": receipt }).to_string();
+    tx.execute(
+        "INSERT INTO audit(at_ns, uid, pid, action, target, detail) VALUES (?1, NULL, NULL, ?2, ?3, ?4)",
+        params![now_ns, action, uid, detail],
+    )
+    .map(|_| ())
+}

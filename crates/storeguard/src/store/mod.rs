@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod outbox;
+pub mod package;
 pub mod recording;
 pub mod remote;
 mod schema;

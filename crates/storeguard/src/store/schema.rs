@@ -146,6 +146,23 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE retention_lock ADD COLUMN hold_id TEXT;
      ALTER TABLE retention_lock ADD COLUMN expires_ns INTEGER;
      CREATE INDEX retention_lock_by_hold ON retention_lock(hold_id);",
+    // 7: evidence packages uploaded like clips (the `package` remote command); the
+    // upload table's `clip` column names a clip or a package.
+    "CREATE TABLE package (
+        id INTEGER PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,       -- the package id (manifest.json package_id)
+        event TEXT,                     -- event uid it packages
+        request_id TEXT,                -- the remote request that made it
+        path TEXT NOT NULL,             -- the .zip, relative to the data directory
+        sha256 TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        state TEXT NOT NULL,            -- sealed | acked
+        created_ns INTEGER NOT NULL,
+        acked_ns INTEGER,
+        receipt TEXT,                   -- the control centre's signed receipt, verbatim
+        receipt_key TEXT
+     ) STRICT;
+     CREATE INDEX package_by_event ON package(event);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -132,7 +132,7 @@ impl Store {
     }
 
     /// The broker acknowledged outbox rows `ids`: they leave the outbox, and the upload of
-    /// every clip in `manifests_of` (sealed clips only) begins, in one transaction.
+    /// every clip or package in `manifests_of` (sealed ones only) begins, in one transaction.
     /// Returns the clips whose upload was created now.
     ///
     /// This commit alone is not fsynced (`synchronous=NORMAL` for its duration): losing
@@ -174,7 +174,10 @@ impl Store {
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO upload(clip, path, total, sha256, next_offset, state, created_ns, updated_ns)
                      SELECT uid, path, bytes, sha256, 0, 'sending', ?2, ?2 FROM clip
-                     WHERE uid = ?1 AND state = 'sealed' AND path IS NOT NULL AND sha256 IS NOT NULL AND bytes IS NOT NULL",
+                     WHERE uid = ?1 AND state = 'sealed' AND path IS NOT NULL AND sha256 IS NOT NULL AND bytes IS NOT NULL
+                     UNION ALL
+                     SELECT uid, path, bytes, sha256, 0, 'sending', ?2, ?2 FROM package
+                     WHERE uid = ?1 AND state = 'sealed'",
                     params![clip, now_ns],
                 )?;
                 if n > 0 {

@@ -13,6 +13,7 @@ use super::upload::{Active, Bucket, CHUNK_WINDOW, chunk_at, final_offset};
 use super::{Settings, Shared};
 use crate::store::Store;
 use crate::store::outbox::{Class, OutMsg};
+use crate::store::package::ItemKind;
 use crate::store::upload::UploadState;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
@@ -21,6 +22,8 @@ use rumqttc::v5::{AsyncClient, Event};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use storeguard_proto::manifest::FileRef;
+use storeguard_proto::package::PackageManifest;
 use storeguard_proto::receipt::{self, ReceiptError, Sealed};
 use storeguard_proto::session::{PumpMsg, topic_str};
 use storeguard_proto::topics::{self, AckStatus, ClipAck, Kind, Status};
@@ -854,12 +857,13 @@ impl Link {
         if payload.is_empty() {
             return;
         }
+        // A clip or a package: both are acknowledged the same way.
         let clip = clip.to_string();
-        let row = match self.store.clip(&clip) {
+        let row = match self.store.item(&clip) {
             Ok(r) => r,
             Err(e) => {
                 // Keep the retained ack: it comes again on the next connection.
-                tracing::error!(clip = %clip, "uplink: looking up the clip of a receipt: {e}");
+                tracing::error!(clip = %clip, "uplink: looking up the evidence of a receipt: {e}");
                 return;
             }
         };
@@ -900,9 +904,9 @@ impl Link {
         let now = topics::now_ns();
         match ack.status {
             AckStatus::Verified => {
-                match self.store.ack_clip(&clip, now, payload, &key_id) {
+                match self.store.ack_item(&clip, now, payload, &key_id) {
                     Ok(true) => {
-                        tracing::info!(clip = %clip, key = %key_id, "control centre's signed receipt accepted; retention lock released");
+                        tracing::info!(clip = %clip, key = %key_id, "control centre's signed receipt accepted and kept; retention lock released");
                         self.shared().clips_verified += 1;
                     }
                     Ok(false) => tracing::debug!(clip = %clip, "clip already acknowledged"),
@@ -951,10 +955,15 @@ impl Link {
         self.clear_ack(&clip);
     }
 
-    /// The seal's identity: the signature value in the clip's manifest sidecar.
+    /// The seal's identity: the signature value in the manifest sidecar of the clip (or
+    /// of the package: its signed `manifest.json`, also kept beside the zip).
     fn manifest_signature(&self, rel: Option<&str>) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Signed {
+            signature: Option<storeguard_proto::manifest::SignatureBlock>,
+        }
         let side = sidecar_path(&self.s.data_dir.join(rel?));
-        let m: Manifest = serde_json::from_slice(&std::fs::read(&side).ok()?).ok()?;
+        let m: Signed = serde_json::from_slice(&std::fs::read(&side).ok()?).ok()?;
         m.signature.map(|s| s.value)
     }
 
@@ -1027,22 +1036,36 @@ impl Link {
         }
     }
 
-    /// Enqueues the clip's manifest again from its sidecar (the receiver lost it).
+    /// Enqueues the manifest message of a clip or package again from its sidecar (the
+    /// receiver lost it).
     fn requeue_manifest(&mut self, clip: &str) {
         let r = (|| -> anyhow::Result<()> {
             let row = self
                 .store
-                .clip(clip)?
-                .ok_or_else(|| anyhow::anyhow!("no such clip"))?;
+                .item(clip)?
+                .ok_or_else(|| anyhow::anyhow!("no such clip or package"))?;
             let path = row
                 .path
                 .ok_or_else(|| anyhow::anyhow!("clip has no file"))?;
-            let side = sidecar_path(&self.s.data_dir.join(path));
+            let side = sidecar_path(&self.s.data_dir.join(&path));
             let text = std::fs::read(&side)
                 .map_err(|e| anyhow::anyhow!("read {}: {e}", side.display()))?;
-            let m: Manifest = serde_json::from_slice(&text)
-                .map_err(|e| anyhow::anyhow!("parse {}: {e}", side.display()))?;
-            let (topic, payload) = topics::manifest_message(clip, &m);
+            let parse = |e: serde_json::Error| anyhow::anyhow!("parse {}: {e}", side.display());
+            let (topic, payload) = match row.kind {
+                ItemKind::Clip => {
+                    let m: Manifest = serde_json::from_slice(&text).map_err(parse)?;
+                    topics::manifest_message(clip, &m)
+                }
+                ItemKind::Package => {
+                    let m: PackageManifest = serde_json::from_slice(&text).map_err(parse)?;
+                    let file = FileRef {
+                        name: path.rsplit('/').next().unwrap_or(&path).to_string(),
+                        size: row.bytes.unwrap_or(0).max(0) as u64,
+                        sha256: row.sha256.unwrap_or_default(),
+                    };
+                    storeguard_proto::package::package_message(clip, &file, &m)
+                }
+            };
             self.store.enqueue(
                 Class::Evidence,
                 &topic,

@@ -10,6 +10,8 @@ use storeguard_fixtures::broker::{BrokerOpts, MosquittoBroker};
 use storeguard_fixtures::harness::{Site, wait_until_within};
 use storeguard_fixtures::{FakeCamFleet, centre, fixture_bin};
 
+use crate::uplink::Rx;
+
 const SITE: &str = "test-store";
 const DEVICE: &str = "test-box";
 
@@ -28,10 +30,22 @@ struct Rig {
 
 impl Rig {
     fn start(cams: u32, first: u32) -> Rig {
-        let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+        Rig::start_with(BrokerOpts::default(), cams, first, "", |c| c)
+    }
+
+    /// A rig on a broker started with `opts`, `extra_uplink` lines in `[uplink]` and the
+    /// config text changed by `edit`.
+    fn start_with(
+        opts: BrokerOpts,
+        cams: u32,
+        first: u32,
+        extra_uplink: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Rig {
+        let broker = MosquittoBroker::start(opts).unwrap();
         let cams = fleet(cams);
         let site = Site::new();
-        let config = box_config(&broker.url(), &cams, first, "");
+        let config = edit(box_config(&broker.url(), &cams, first, extra_uplink));
         site.write_config(&config);
         let daemon = site.start();
         wait_until_within(
@@ -669,4 +683,428 @@ fn a_key_rotation_is_accepted_only_when_signed_by_a_key_trusted_now() {
     );
     assert!(reasons(&r).contains("does not trust"), "{r}");
     assert_eq!(rig.on_disk(), only_new);
+}
+
+// ------------------------------------------------------------------ the package command
+
+/// A rig with two cameras both mapped to the button, a receiver subscribed, and a test
+/// press; with `sealed`, its two clips are sealed (or already confirmed). Returns the
+/// event id.
+fn package_rig(extra_uplink: &str, sealed: bool) -> (Rig, Rx, String) {
+    let both = |c: String| c.replace(r#"cameras = ["cam1"]"#, r#"cameras = ["cam1", "cam2"]"#);
+    let persistent = BrokerOpts {
+        persistence: true,
+        ..Default::default()
+    };
+    let rig = Rig::start_with(persistent, 2, 2, extra_uplink, both);
+    let rx = Rx::start(&rig.broker.url());
+    rx.wait_subscribed(1);
+    wait_until_within("cam2 recording", Duration::from_secs(30), || {
+        camera_state(&rig.site, "cam2") == "recording"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    crate::isb::press(&rig.site, "till", 200);
+    let db = rig.site.db();
+    let ev = crate::isb::wait_event(&db, "till", "isb_press").uid;
+    if !sealed {
+        return (rig, rx, ev);
+    }
+    wait_until_within(
+        "both clips of the press sealed",
+        crate::isb::CLIP_WAIT,
+        || {
+            let n: i64 = db
+                .query_row(
+                    "SELECT count(*) FROM clip c JOIN event e ON c.event = e.id \
+                     WHERE e.uid = ?1 AND c.state IN ('sealed', 'acked')",
+                    [&ev],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            n == 2
+        },
+    );
+    (rig, rx, ev)
+}
+
+fn package_state(site: &Site, id: &str) -> String {
+    site.db()
+        .query_row("SELECT state FROM package WHERE uid = ?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap_or_default()
+}
+
+fn sha256_hex(p: &Path) -> String {
+    storeguard::evidence::sha256_file(p).unwrap().1
+}
+
+/// The receiver's copy of a package.
+fn received_package(rx: &Rx, id: &str) -> PathBuf {
+    rx.out
+        .join("packages")
+        .join(SITE)
+        .join(DEVICE)
+        .join(format!("{id}.zip"))
+}
+
+#[test]
+fn a_package_command_uploads_a_package_the_receiver_verifies_and_the_box_keeps_its_receipt() {
+    let (rig, rx, ev) = package_rig("", true);
+    let (site, cc) = (&rig.site, &rig.cc);
+
+    let t0 = std::time::Instant::now();
+    let (code, r, err) = cc.cmd(
+        "package",
+        json!({ "event": ev }),
+        &["--request-id", "pkg-req-1"],
+    );
+    let answered = t0.elapsed();
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (Some(0), Some("ok")),
+        "{r} {err}"
+    );
+    let res = &r["result"];
+    let id = res["package"].as_str().unwrap().to_string();
+    assert!(id.starts_with("pkg-") && id.ends_with(&ev), "{res}");
+    assert_eq!(res["event"], ev.as_str());
+    assert_eq!(res["upload"], "queued");
+    let cams: Vec<&str> = res["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(cams, ["cam1", "cam2"], "{res}");
+    let kinds: Vec<&str> = res["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "clip").count(), 2, "{res}");
+    assert!(
+        kinds.contains(&"continuity_log") && kinds.contains(&"viewer"),
+        "{res}"
+    );
+    let (bytes, sha) = (
+        res["file"]["size"].as_u64().unwrap(),
+        res["file"]["sha256"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(res["file"]["name"], format!("{id}.zip"));
+
+    // The receiver verifies it and signs a receipt; the box checks and keeps that.
+    wait_until_within(
+        "the package's receipt kept on the box",
+        Duration::from_secs(60),
+        || package_state(site, &id) == "acked",
+    );
+    let confirmed = t0.elapsed();
+    eprintln!(
+        "package {id}: {bytes} bytes, {} files; command answered after {answered:?}, verified receipt kept on the box after {confirmed:?}",
+        kinds.len()
+    );
+    let line = rx
+        .lines("PACKAGE")
+        .into_iter()
+        .find(|l| crate::uplink::field(l, "package") == id)
+        .unwrap_or_else(|| panic!("no PACKAGE line for {id}"));
+    assert!(line.ends_with(" verified"), "{line}");
+    assert_eq!(crate::uplink::field(&line, "sha256"), sha);
+    assert_eq!(crate::uplink::field(&line, "event"), ev);
+    let copy = received_package(&rx, &id);
+    assert_eq!(sha256_hex(&copy), sha);
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), bytes);
+    // The receiver's copy passes the same check as on a USB stick, by the device's key.
+    let key = site.status()["public_key"].as_str().unwrap().to_string();
+    let v = site.cli(&[
+        "evidence",
+        "verify",
+        copy.to_str().unwrap(),
+        "--pubkey",
+        &key,
+    ]);
+    v.expect(0);
+    assert!(
+        v.stdout.contains("matches the expected public key"),
+        "{}",
+        v.all()
+    );
+
+    // The box keeps the receipt beside the zip, in its row and in the audit trail.
+    let zip = site.path("data").join("packages").join(format!("{id}.zip"));
+    assert_eq!(sha256_hex(&zip), sha);
+    let receipt: Value = serde_json::from_slice(
+        &std::fs::read(storeguard::store::events::receipt_path(&zip)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            receipt["status"].as_str(),
+            receipt["clip"].as_str(),
+            receipt["sha256"].as_str(),
+            receipt["bytes"].as_u64()
+        ),
+        (
+            Some("verified"),
+            Some(id.as_str()),
+            Some(sha.as_str()),
+            Some(bytes)
+        ),
+        "{receipt}"
+    );
+    assert_eq!(receipt["manifest_signature"], res["manifest_signature"]);
+    let db = site.db();
+    let (key_id, kept): (String, String) = db
+        .query_row(
+            "SELECT receipt_key, receipt FROM package WHERE uid = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(receipt["signature"]["key_id"], key_id.as_str());
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), receipt);
+    // `storeguard events` shows the package under its event, confirmed.
+    let shown = site.cli(&["events"]).expect(0).stdout.clone();
+    assert!(
+        shown.contains(&format!("package acked    packages/{id}.zip"))
+            && shown.contains("confirmed by the control centre"),
+        "{shown}"
+    );
+    // Offline, the kept receipt checks against the zip beside it and the centre's key.
+    let v = site.cli(&[
+        "evidence",
+        "verify",
+        zip.to_str().unwrap(),
+        "--pubkey",
+        &key,
+        "--centre-key",
+        centre::PUBLIC_KEY,
+    ]);
+    v.expect(0);
+    assert!(
+        v.stdout
+            .contains("the control centre confirmed these bytes")
+            && v.stdout.contains("matching --centre-key"),
+        "{}",
+        v.all()
+    );
+    let audit = |action: &str, target: &str| -> String {
+        db.query_row(
+            "SELECT detail FROM audit WHERE action = ?1 AND target = ?2",
+            [action, target],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("no {action} audit row for {target}: {e}"))
+    };
+    assert!(audit("remote_package", "pkg-req-1").contains("\"ok\""));
+    assert!(audit("package_export", &ev).contains("\"exported\""));
+    assert!(audit("package_receipt", &id).contains(&key_id));
+
+    // A repeated request id is answered from the stored result: no second package.
+    let (code, again, _) = cc.cmd(
+        "package",
+        json!({ "event": ev }),
+        &["--request-id", "pkg-req-1"],
+    );
+    assert_eq!(
+        (code, &again["duplicate"]),
+        (Some(0), &json!(true)),
+        "{again}"
+    );
+    assert_eq!(again["result"]["package"], id.as_str());
+
+    // Refusals say why, and package nothing.
+    let (code, r, _) = cc.cmd("package", json!({ "event": "evt-nope" }), &[]);
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (Some(3), Some("failed")),
+        "{r}"
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("no event \"evt-nope\""),
+        "{r}"
+    );
+    let (_, r, _) = cc.cmd("package", json!({ "cameras": ["cam1"] }), &[]);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `cameras`"),
+        "{r}"
+    );
+    let (code, r, _) =
+        Centre::stranger(&rig.broker.url()).cmd("package", json!({ "event": ev }), &[]);
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (Some(3), Some("rejected")),
+        "{r}"
+    );
+    assert!(
+        r["error"].as_str().unwrap().contains("does not trust"),
+        "{r}"
+    );
+    let results = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &rig.broker.port().to_string()])
+        .args(["-t", &topic("cmd/package/result"), "-C", "1", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let unsigned = json!({
+        "schema": "storeguard.cmd/v1", "site_id": SITE, "device_id": DEVICE,
+        "request_id": "unsigned-1", "issued_at": chrono::Utc::now().to_rfc3339(),
+        "expires_at": (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339(),
+        "args": { "event": ev },
+    });
+    rig.broker.publish(
+        &topic("cmd/package"),
+        unsigned.to_string().as_bytes(),
+        false,
+    );
+    let out = results.wait_with_output().unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(answer["status"], "rejected", "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("not signed"),
+        "{answer}"
+    );
+    let packages: i64 = db
+        .query_row("SELECT count(*) FROM package", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(packages, 1, "refused commands made no package");
+}
+
+#[test]
+fn a_package_upload_resumes_after_a_broker_outage() {
+    // Slow chunks, so the broker can be killed in the middle of the package. Asked for
+    // during the post-roll: the command waits for both clips.
+    let (mut rig, rx, ev) = package_rig(
+        "chunk_size = \"16KiB\"\nupload_rate_limit = \"48KiB\"",
+        false,
+    );
+    let (code, r, err) = rig.cc.cmd("package", json!({ "event": ev }), &[]);
+    assert_eq!(code, Some(0), "{r} {err}");
+    let clips = r["result"]["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["clip"].is_string())
+        .count();
+    assert_eq!(clips, 2, "both clips, cut after the command came: {r}");
+    let id = r["result"]["package"].as_str().unwrap().to_string();
+    let bytes = r["result"]["file"]["size"].as_u64().unwrap();
+    let upload = |site: &Site| -> Value {
+        let out = site.cli(&["outbox", "--json"]).expect(0).stdout.clone();
+        serde_json::from_str::<Value>(&out).unwrap()["upload"].clone()
+    };
+    wait_until_within(
+        "part of the package acknowledged by the broker",
+        Duration::from_secs(60),
+        || {
+            let u = upload(&rig.site);
+            u["clip"] == id.as_str() && u["acked_offset"].as_u64().unwrap_or(0) >= 32 << 10
+        },
+    );
+    rig.broker.stop(); // SIGKILL
+    wait_until_within("the box to notice", Duration::from_secs(15), || {
+        rig.site.status()["uplink"]["connected"] == false
+    });
+    let persisted: i64 = rig
+        .site
+        .db()
+        .query_row(
+            "SELECT next_offset FROM upload WHERE clip = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        persisted > 0 && (persisted as u64) < bytes,
+        "{persisted} of {bytes}"
+    );
+    let restarted_at = storeguard_base::utc_ms(storeguard_base::now_ns());
+    rig.broker.restart().unwrap();
+    wait_until_within(
+        "the package's receipt kept on the box",
+        Duration::from_secs(90),
+        || package_state(&rig.site, &id) == "acked",
+    );
+    assert_eq!(
+        sha256_hex(&received_package(&rx, &id)),
+        r["result"]["file"]["sha256"].as_str().unwrap()
+    );
+    // After the outage the upload went on from the persisted point: bytes before it
+    // travel again only if the receiver asked for them.
+    let again: Vec<u64> = rx
+        .deliveries()
+        .iter()
+        .filter(|l| {
+            l.contains(&format!("/evidence/{id}/chunk ")) && l.as_str() > restarted_at.as_str()
+        })
+        .filter_map(|l| crate::uplink::field(l, "offset").parse().ok())
+        .collect();
+    assert!(!again.is_empty(), "no chunks after the restart");
+    if again.iter().any(|o| (*o as i64) < persisted) {
+        assert!(
+            rx.stderr_has("bytes missing"),
+            "{again:?} below {persisted}"
+        );
+    }
+    eprintln!(
+        "package {id}: {bytes} bytes, broker killed at {persisted}; chunks after the restart from {:?}",
+        again.iter().min()
+    );
+}
+
+#[test]
+fn a_package_that_fails_verification_is_sent_again_then_given_up_and_never_confirmed() {
+    let (rig, rx, ev) = package_rig(
+        "chunk_size = \"16KiB\"\nupload_rate_limit = \"128KiB\"",
+        true,
+    );
+    let (code, r, err) = rig.cc.cmd("package", json!({ "event": ev }), &[]);
+    assert_eq!(code, Some(0), "{r} {err}");
+    let id = r["result"]["package"].as_str().unwrap().to_string();
+    // Damaged in the spool before the upload reaches the middle (same size).
+    let zip = rig
+        .site
+        .path("data")
+        .join("packages")
+        .join(format!("{id}.zip"));
+    let mut bytes = std::fs::read(&zip).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&zip, bytes).unwrap();
+    let db = rig.site.db();
+    let upload = || -> (String, i64, String) {
+        db.query_row(
+            "SELECT state, attempts, coalesce(error, '') FROM upload WHERE clip = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap_or_default()
+    };
+    wait_until_within(
+        "the package upload to be given up",
+        Duration::from_secs(90),
+        || upload().0 == "failed",
+    );
+    let (_, attempts, error) = upload();
+    // Each attempt announced the package again (the receiver drops a failed one).
+    assert_eq!(attempts, 3, "{error}");
+    assert!(error.contains("SHA-256"), "{error}");
+    assert!(rx.stderr_has("package failed verification"));
+    let announced = rx
+        .deliveries()
+        .iter()
+        .filter(|l| l.contains(&format!("/evidence/{id}/manifest ")))
+        .count();
+    assert!(announced >= 3, "announced {announced} times");
+    assert!(!received_package(&rx, &id).exists());
+    assert_eq!(package_state(&rig.site, &id), "sealed", "never confirmed");
 }

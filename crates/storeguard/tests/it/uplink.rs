@@ -126,7 +126,7 @@ impl Rx {
         });
     }
 
-    fn stderr_has(&self, needle: &str) -> bool {
+    pub(crate) fn stderr_has(&self, needle: &str) -> bool {
         self.stderr
             .lock()
             .unwrap()
@@ -158,7 +158,7 @@ impl Rx {
             .collect()
     }
 
-    fn deliveries(&self) -> Vec<String> {
+    pub(crate) fn deliveries(&self) -> Vec<String> {
         std::fs::read_to_string(self.out.join("deliveries.log"))
             .unwrap_or_default()
             .lines()
@@ -178,7 +178,7 @@ impl Drop for Rx {
     }
 }
 
-fn field(line: &str, key: &str) -> String {
+pub(crate) fn field(line: &str, key: &str) -> String {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
         .unwrap_or("")
