@@ -110,7 +110,8 @@ pub struct Track {
 impl Track {
     /// Where the track should be at `at_ns`, at its last velocity.
     pub fn predicted(&self, at_ns: i64) -> Rect {
-        let dt = (at_ns - self.last_seen_ns) as f32 / 1e9;
+        // Past a second unseen, a velocity says little about where someone went.
+        let dt = ((at_ns - self.last_seen_ns) as f32 / 1e9).min(1.0);
         let (dx, dy) = (self.velocity.0 * dt, self.velocity.1 * dt);
         Rect::new(
             self.rect.x0 + dx,
@@ -212,18 +213,27 @@ impl Tracker {
         // Every allowed pair, best affinity first, taken greedily.
         let mut pairs = Vec::new();
         for (ti, t) in self.tracks.iter().enumerate() {
+            // Where the velocity says, or where they were: someone who stopped or turned
+            // round is near the second, not the first.
             let pred = t.predicted(f.at_ns);
             let reach = pred.diagonal().max(1.0) * self.cfg.max_centre_distance;
-            let (px, py) = pred.centre();
             for (si, s) in sightings.iter().enumerate() {
                 if s.detection.class != t.class {
                     continue;
                 }
-                let iou = pred.iou(&s.detection.rect);
                 let (sx, sy) = s.detection.rect.centre();
-                let near = 1.0 - (sx - px).hypot(sy - py) / reach;
-                if iou >= self.cfg.min_iou || near >= 0.0 {
-                    pairs.push((iou + 0.5 * near.max(0.0), ti, si));
+                let score = |r: &Rect| {
+                    let (px, py) = r.centre();
+                    let iou = r.iou(&s.detection.rect);
+                    let near = 1.0 - (sx - px).hypot(sy - py) / reach;
+                    (iou >= self.cfg.min_iou || near >= 0.0).then(|| iou + 0.5 * near.max(0.0))
+                };
+                let best = match (score(&pred), score(&t.rect)) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(a) = best {
+                    pairs.push((a, ti, si));
                 }
             }
         }
@@ -442,6 +452,26 @@ mod tests {
             .find(|t| (t.rect.x0 - x).abs() < 1.0 && (t.rect.y0 - y).abs() < 1.0)
             .unwrap()
             .id
+    }
+
+    #[test]
+    fn a_walker_who_turns_round_keeps_their_id() {
+        let mut t = Tracker::new(TrackerConfig::default(), W, H, vec![]);
+        // Fast to the right for a while, then back: the velocity points the wrong way.
+        let x = |i: i64| {
+            if i <= 6 {
+                100.0 + 30.0 * i as f32
+            } else {
+                280.0 - 30.0 * (i - 6) as f32
+            }
+        };
+        step(&mut t, 0, &[person(x(0), 200.0)]);
+        let id = id_at(&t, x(0), 200.0);
+        for i in 1..8 {
+            step(&mut t, i, &[person(x(i), 200.0)]);
+            assert_eq!(t.tracks().len(), 1, "step {i}");
+            assert_eq!(id_at(&t, x(i), 200.0), id, "step {i}");
+        }
     }
 
     #[test]

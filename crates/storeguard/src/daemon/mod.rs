@@ -144,6 +144,9 @@ async fn run_async(
         reloading: tokio::sync::Mutex::new(()),
     });
 
+    // Before the control socket answers: `cameras` then always sees detection's state.
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || st.restart_detection(&st.config().config)).await?;
     let service: Arc<dyn control::Service> = Arc::new(control::routes::Routes {
         state: state.clone(),
     });
@@ -154,8 +157,6 @@ async fn run_async(
         sd_notify::watchdog_enabled(),
         shutdown_rx.clone(),
     ));
-    let st = state.clone();
-    tokio::task::spawn_blocking(move || st.restart_detection(&st.config().config)).await?;
     let detect_task = tokio::spawn(detection::run(state.clone(), detect_rx));
     // Button signals are handled one at a time, in order: each is a durable commit.
     let st = state.clone();

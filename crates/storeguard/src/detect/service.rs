@@ -1043,7 +1043,8 @@ fn tracker_config() -> TrackerConfig {
         // Pictures come seconds apart at keyframe rate: people move far between them.
         max_centre_distance: 1.5,
         min_hits: 2,
-        max_missed: 3,
+        // Three seconds of keyframes: a walker passing behind another keeps their id.
+        max_missed: 6,
         max_unseen_ns: 30_000_000_000,
         ..TrackerConfig::default()
     }

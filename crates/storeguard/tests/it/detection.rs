@@ -60,7 +60,7 @@ fn tracks(site: &Site, camera: &str) -> Vec<(u64, f64, [f64; 4])> {
     let v = cameras(site);
     cam(&v, camera)["detect"]["tracks"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no detection on {camera}: {v}"))
         .iter()
         .filter(|t| t["confirmed"] == true)
         .map(|t| {
