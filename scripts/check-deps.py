@@ -30,7 +30,7 @@ DEVICE_LAYERS = [
     {"config"},
     {"store"},
     {"exit"},
-    {"recording", "button", "detect"},
+    {"recording", "button", "detect", "timekeep"},
     {"camera", "evidence", "uplink"},
     {"state"},
     {"cmd"},

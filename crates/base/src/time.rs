@@ -2,9 +2,10 @@
 //!
 //! Everything is stored and sent as UTC; only the CLI shows local time.
 
-/// The system's wall clock now, in UTC nanoseconds.
+/// The system's wall clock now, in UTC nanoseconds (on the daemon's test clock, when
+/// a test set one: `clock::set_test_override`).
 pub fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    crate::clock::from_system_ns(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0))
 }
 
 /// UTC with millisecond precision (`2026-11-22T10:00:00.123Z`): the one format every

@@ -6,6 +6,15 @@
 //! clock stepped, camera clock skewed, long stall) we re-anchor and report the step for
 //! the log. A single late frame is arrival jitter, not a step: on a busy box frames
 //! arrive hundreds of milliseconds late, and re-anchoring on each would squeeze time.
+//!
+//! A step of the box clock itself is known exactly (the time keeper publishes each
+//! epoch of the box clock, `storeguard_base::clock::box_clock`): it is not left to the
+//! drift check. Estimates from box time are compared on the anchor's epoch until the
+//! next keyframe; there the time line moves by the step at once, and the writer starts
+//! a segment on the new epoch (`Mapped::rebase`). So a step never squeezes, gaps or
+//! reorders frames, and each segment is on one clock (docs/time.md).
+
+use storeguard_base::clock::BoxClock;
 
 #[derive(Debug, Clone)]
 pub struct Timeline {
@@ -15,6 +24,8 @@ pub struct Timeline {
     /// Running time at which the current run of out-of-bounds estimates began.
     excursion_since: Option<i64>,
     pub steps: u64,
+    /// The box clock epoch (id, base offset) the anchor is on.
+    epoch: Option<(i64, i64)>,
 }
 
 /// How long estimates must disagree with the mapping before it is re-anchored.
@@ -26,6 +37,9 @@ pub struct Mapped {
     pub dts_utc: Option<i64>,
     /// Set when this frame re-anchored the mapping: the size of the step in ns.
     pub step_ns: Option<i64>,
+    /// Set when this frame is the first on a box clock epoch: (epoch, how far the time
+    /// line moved), for `SegmentWriter::rebase`.
+    pub rebase: Option<(i64, i64)>,
 }
 
 impl Timeline {
@@ -36,7 +50,42 @@ impl Timeline {
             max_drift_ns,
             excursion_since: None,
             steps: 0,
+            epoch: None,
         }
+    }
+
+    /// Like [`map`](Self::map), on the box clock `clock`. `box_time`: the estimate
+    /// comes from the box clock (arrival), not the camera's own, so it moves with the
+    /// box clock's steps. A new epoch is taken at a keyframe (or the first frame).
+    pub fn map_on(
+        &mut self,
+        pts: i64,
+        dts: Option<i64>,
+        est_utc: i64,
+        box_time: bool,
+        keyframe: bool,
+        clock: BoxClock,
+    ) -> Mapped {
+        let moved = match self.epoch {
+            Some((id, base)) if id != clock.epoch && box_time => clock.base_ns - base,
+            _ => 0,
+        };
+        let new_epoch = self.epoch.map(|e| e.0) != Some(clock.epoch);
+        if new_epoch && (keyframe || self.anchor.is_none()) {
+            if let Some(a) = self.anchor.as_mut() {
+                a.1 += moved;
+            }
+            if self.last_dts_utc != i64::MIN {
+                self.last_dts_utc += moved;
+            }
+            self.excursion_since = None;
+            self.epoch = Some((clock.epoch, clock.base_ns));
+            let mut m = self.map(pts, dts, est_utc);
+            m.rebase = Some((clock.epoch, moved));
+            return m;
+        }
+        // Until then, on the anchor's clock.
+        self.map(pts, dts, est_utc - moved)
     }
 
     /// Forget the anchor (new connection: the camera's running time restarts).
@@ -88,6 +137,7 @@ impl Timeline {
             pts_utc: pts + off,
             dts_utc: dts.map(|d| d + off),
             step_ns: step,
+            rebase: None,
         }
     }
 }
@@ -156,6 +206,76 @@ mod tests {
         let rt = 6 * 66 * MS;
         assert_eq!(t.map(rt, Some(rt), base + rt).dts_utc, Some(base + rt));
         assert_eq!(t.steps, 0);
+    }
+
+    fn epoch(id: i64, base: i64) -> BoxClock {
+        BoxClock {
+            epoch: id,
+            base_ns: base,
+            synced: id > 1,
+            error_ns: None,
+        }
+    }
+
+    #[test]
+    fn a_box_clock_step_moves_the_time_line_at_the_next_keyframe() {
+        const F: i64 = 66_666_667;
+        let mut t = Timeline::new(500 * MS);
+        let boot = 10_000 * MS; // 1970-01-01T00:00:10Z
+        let step = 1_764_600_000_000 * MS - boot;
+        let first = t.map_on(0, None, boot, true, true, epoch(1, boot));
+        assert_eq!(
+            first.rebase,
+            Some((1, 0)),
+            "the first frame names its epoch"
+        );
+        let mut last = first.pts_utc;
+        let mut rebased = None;
+        for i in 1..60 {
+            let rt = i * F;
+            // The clock steps at frame 20 (arrival jumps at once); the time keeper
+            // publishes it at frame 22; the GOP is 30 frames.
+            let arrival = boot + rt + if i >= 20 { step } else { 0 };
+            let clock = if i >= 22 {
+                epoch(2, boot + step)
+            } else {
+                epoch(1, boot)
+            };
+            let m = t.map_on(rt, None, arrival, true, i % 30 == 0, clock);
+            assert_eq!(m.step_ns, None, "frame {i}: no drift re-anchor");
+            let expect = if m.rebase.is_some() || rebased.is_some() {
+                boot + step + rt
+            } else {
+                boot + rt
+            };
+            assert_eq!(m.pts_utc, expect, "frame {i}");
+            if let Some(r) = m.rebase {
+                assert_eq!((i, r), (30, (2, step)));
+                rebased = Some(i);
+            } else {
+                assert_eq!(m.pts_utc - last, F, "frame {i}: evenly spaced");
+            }
+            last = m.pts_utc;
+        }
+        assert_eq!(rebased, Some(30));
+        assert_eq!(t.steps, 0);
+    }
+
+    #[test]
+    fn a_camera_clock_time_line_does_not_move_with_the_box_clock() {
+        let mut t = Timeline::new(500 * MS);
+        let base = 1_700_000_000_000 * MS;
+        t.map_on(0, None, base, false, true, epoch(1, 0));
+        let m = t.map_on(
+            100 * MS,
+            None,
+            base + 100 * MS,
+            false,
+            true,
+            epoch(2, 300 * MS),
+        );
+        assert_eq!(m.rebase, Some((2, 0)));
+        assert_eq!(m.pts_utc, base + 100 * MS);
     }
 
     #[test]

@@ -95,9 +95,13 @@ impl Store {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
+            // Stamped with the box clock it was timed on, so a later step corrects it.
+            let clock = storeguard_base::clock::box_clock();
             tx.execute(
-                "INSERT INTO event(uid, kind, source, at_ns, test, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![ev.uid, ev.kind, ev.source, ev.at_ns, ev.test, ev.detail.to_string()],
+                "INSERT INTO event(uid, kind, source, at_ns, test, detail, clock_epoch, time_synced, time_error_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![ev.uid, ev.kind, ev.source, ev.at_ns, ev.test, ev.detail.to_string(),
+                    clock.epoch, clock.synced, clock.error_ns],
             )?;
             let event_id = tx.last_insert_rowid();
             let msg = match alert {

@@ -14,5 +14,6 @@ mod package;
 mod recording;
 mod remote;
 mod systemd_notify;
+mod time;
 mod ts_writer;
 mod uplink;

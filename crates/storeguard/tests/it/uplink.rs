@@ -337,6 +337,7 @@ impl Device {
             height: 720,
             file: file.clone(),
             gaps: vec![],
+            time: None,
             software: Software::this(),
             created_at: t,
             signature: None,
