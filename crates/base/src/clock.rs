@@ -4,7 +4,7 @@
 //! state ([`NtpState`], from `adjtimex`), and steps, seen as a change in the offset
 //! between `CLOCK_REALTIME` and `CLOCK_MONOTONIC` ([`StepDetector`]). See docs/time.md.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 /// What the kernel's NTP discipline says about the wall clock (`adjtimex(2)`).
@@ -136,26 +136,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // of the kernel's. Only the daemon's debug-build test hook (`STOREGUARD_TEST_CLOCK`,
 // docs/time.md) sets it; nothing else does, so in production both are off.
 static OVERRIDE_ON: AtomicBool = AtomicBool::new(false);
-static OVERRIDE_OFFSET: AtomicI64 = AtomicI64::new(0);
 static OVERRIDE_NTP: Mutex<Option<NtpState>> = Mutex::new(None);
 
 /// Makes this process's wall clock read `offset_ns` away from the system's and report
 /// `ntp` as its NTP state. For the daemon's test clock only (see the module docs).
 pub fn set_test_override(offset_ns: i64, ntp: NtpState) {
     *lock(&OVERRIDE_NTP) = Some(ntp);
-    OVERRIDE_OFFSET.store(offset_ns, Ordering::SeqCst);
+    crate::time::set_test_offset(offset_ns);
     OVERRIDE_ON.store(true, Ordering::SeqCst);
 }
 
-/// A reading of the system's wall clock taken elsewhere (a socket's receive time) on
-/// this process's wall clock: the same unless a test clock is set.
-pub fn from_system_ns(ns: i64) -> i64 {
-    if OVERRIDE_ON.load(Ordering::Relaxed) {
-        ns.wrapping_add(OVERRIDE_OFFSET.load(Ordering::Relaxed))
-    } else {
-        ns
-    }
-}
+pub use crate::time::from_system_ns;
 
 /// A clock that tests drive: wall time, monotonic time and NTP state are whatever the
 /// test set, and steps are explicit.

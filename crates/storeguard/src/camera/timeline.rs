@@ -26,6 +26,12 @@ pub struct Timeline {
     pub steps: u64,
     /// The box clock epoch (id, base offset) the anchor is on.
     epoch: Option<(i64, i64)>,
+    /// The anchor came from box time (arrival), not the camera's clock.
+    anchor_box: bool,
+    /// Whether the estimate being mapped is box time.
+    est_box: bool,
+    /// The epoch the rows are on, as last told to the writer.
+    rows_epoch: i64,
 }
 
 /// How long estimates must disagree with the mapping before it is re-anchored.
@@ -51,12 +57,16 @@ impl Timeline {
             excursion_since: None,
             steps: 0,
             epoch: None,
+            anchor_box: true,
+            est_box: true,
+            rows_epoch: i64::MIN,
         }
     }
 
     /// Like [`map`](Self::map), on the box clock `clock`. `box_time`: the estimate
-    /// comes from the box clock (arrival), not the camera's own, so it moves with the
-    /// box clock's steps. A new epoch is taken at a keyframe (or the first frame).
+    /// comes from the box clock (arrival), not the camera's own clock. A new epoch is
+    /// taken at a keyframe (or the first frame); the time line moves with the box
+    /// clock's step only if its anchor came from box time.
     pub fn map_on(
         &mut self,
         pts: i64,
@@ -66,26 +76,46 @@ impl Timeline {
         keyframe: bool,
         clock: BoxClock,
     ) -> Mapped {
-        let moved = match self.epoch {
-            Some((id, base)) if id != clock.epoch && box_time => clock.base_ns - base,
+        let pending = match self.epoch {
+            Some((id, base)) if id != clock.epoch => clock.base_ns - base,
             _ => 0,
         };
-        let new_epoch = self.epoch.map(|e| e.0) != Some(clock.epoch);
-        if new_epoch && (keyframe || self.anchor.is_none()) {
-            if let Some(a) = self.anchor.as_mut() {
-                a.1 += moved;
-            }
-            if self.last_dts_utc != i64::MIN {
-                self.last_dts_utc += moved;
+        let switch =
+            self.epoch.map(|e| e.0) != Some(clock.epoch) && (keyframe || self.anchor.is_none());
+        let mut moved = 0;
+        let est = if switch {
+            if self.anchor.is_some() && self.anchor_box {
+                moved = pending;
+                if let Some(a) = self.anchor.as_mut() {
+                    a.1 += moved;
+                }
+                if self.last_dts_utc != i64::MIN {
+                    self.last_dts_utc += moved;
+                }
             }
             self.excursion_since = None;
             self.epoch = Some((clock.epoch, clock.base_ns));
-            let mut m = self.map(pts, dts, est_utc);
-            m.rebase = Some((clock.epoch, moved));
-            return m;
+            est_utc
+        } else if box_time {
+            // Until the switch, box time is compared on the anchor's epoch.
+            est_utc - pending
+        } else {
+            est_utc
+        };
+        self.est_box = box_time;
+        let mut m = self.map(pts, dts, est);
+        // Rows are on the box clock's epoch only while the anchor came from box time;
+        // a line anchored on the camera's clock never moves with the box clock (0).
+        let rows = if self.anchor_box {
+            self.epoch.map_or(0, |e| e.0)
+        } else {
+            0
+        };
+        if switch || rows != self.rows_epoch {
+            self.rows_epoch = rows;
+            m.rebase = Some((rows, moved));
         }
-        // Until then, on the anchor's clock.
-        self.map(pts, dts, est_utc - moved)
+        m
     }
 
     /// Forget the anchor (new connection: the camera's running time restarts).
@@ -101,6 +131,7 @@ impl Timeline {
         let (rt, utc) = match self.anchor {
             None => {
                 self.anchor = Some((reference, est_utc));
+                self.anchor_box = self.est_box;
                 (reference, est_utc)
             }
             Some((rt, utc)) => {
@@ -113,6 +144,7 @@ impl Timeline {
                     >= STEP_CONFIRM_NS
                 {
                     self.anchor = Some((reference, est_utc));
+                    self.anchor_box = self.est_box;
                     self.excursion_since = None;
                     self.steps += 1;
                     step = Some(drift);
@@ -274,7 +306,11 @@ mod tests {
             true,
             epoch(2, 300 * MS),
         );
-        assert_eq!(m.rebase, Some((2, 0)));
+        assert_eq!(
+            m.rebase,
+            Some((0, 0)),
+            "rows on the camera's clock: no epoch"
+        );
         assert_eq!(m.pts_utc, base + 100 * MS);
     }
 

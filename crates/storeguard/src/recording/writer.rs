@@ -181,13 +181,9 @@ impl SegmentWriter {
         }
     }
 
-    /// The epoch a gap's times are on: the box clock's, unless the camera's clock times it.
+    /// The epoch a gap's times are on (0: the camera's clock times the stream).
     fn gap_epoch(&self) -> i64 {
-        if self.time_source == "arrival" {
-            self.epoch
-        } else {
-            0
-        }
+        self.epoch
     }
 
     /// The stream (re)started with this format. A change of codec or size starts a new

@@ -235,7 +235,7 @@ impl Store {
                     "UPDATE segment SET recorded_start_ns = coalesce(recorded_start_ns, start_ns),
                         recorded_end_ns = coalesce(recorded_end_ns, end_ns),
                         start_ns = {}, end_ns = {}, clock_step = :step, clock_epoch = :after
-                     WHERE clock_epoch = :before AND time_source = 'arrival'",
+                     WHERE clock_epoch = :before",
                     f("start_ns"),
                     f("end_ns")
                 ),

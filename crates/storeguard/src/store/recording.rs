@@ -148,11 +148,8 @@ impl Store {
                 )?;
                 for s in segments {
                     // Recorded on a clock that has stepped since: corrected as committed.
-                    let chain = if s.time_source == "arrival" {
-                        fixes.chain(s.clock_epoch)
-                    } else {
-                        Vec::new()
-                    };
+                    // Epoch 0: on the camera's clock, which no box step moves.
+                    let chain = fixes.chain(s.clock_epoch);
                     let fix = |t: i64| chain.iter().fold(t, |t, f| f.apply(t));
                     let (epoch, step) = match chain.last() {
                         Some(f) => (f.epoch_after, Some(f.step)),
