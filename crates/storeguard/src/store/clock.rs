@@ -134,6 +134,9 @@ pub struct FootageTime {
     pub corrections: Vec<StepRow>,
 }
 
+/// A segment's (time_source, time_synced, time_error_ns, clock_step).
+type SegTime = (String, Option<bool>, Option<i64>, Option<i64>);
+
 const STEP_COLS: &str =
     "id, at_ns, before_ns, after_ns, size_ns, cause, synced_after, error_after_ns, corrected";
 
@@ -342,8 +345,7 @@ impl Store {
             "SELECT time_source, time_synced, time_error_ns, clock_step FROM segment
              WHERE camera = ?1 AND end_ns > ?2 AND start_ns < ?3",
         ))?;
-        type Q = (String, Option<bool>, Option<i64>, Option<i64>);
-        let rows: Vec<Q> = self.sq(st
+        let rows: Vec<SegTime> = self.sq(st
             .query_map(params![camera, from_ns, to_ns], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
@@ -372,10 +374,7 @@ impl Store {
 
 /// The worst of the segments' qualities. A corrected segment's error is its step's
 /// error bound after the step (plus the step's own uncertainty, see docs/time.md).
-fn footage_quality(
-    rows: &[(String, Option<bool>, Option<i64>, Option<i64>)],
-    corrections: Vec<StepRow>,
-) -> FootageTime {
+fn footage_quality(rows: &[SegTime], corrections: Vec<StepRow>) -> FootageTime {
     let mut rank = 0; // 0 box_ntp, 1 camera_rtcp, 2 box_unsynchronised
     let mut error: Option<i64> = Some(0);
     for (source, synced, err, step) in rows {
