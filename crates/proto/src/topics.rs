@@ -222,6 +222,7 @@ pub fn alert_payload(ev: &AlertEvent<'_>, clips: &[String]) -> Vec<u8> {
 }
 
 fn alert_json(ev: &AlertEvent<'_>, clips: &[String]) -> serde_json::Value {
+    let clock = StatusClock::now();
     serde_json::json!({
         "schema": SCHEMA_ALERT,
         "event_id": ev.uid,
@@ -229,6 +230,7 @@ fn alert_json(ev: &AlertEvent<'_>, clips: &[String]) -> serde_json::Value {
         "source": ev.source,
         "at": utc_ms(ev.at_ns),
         "test": ev.test,
+        "time": {"synced": clock.synced, "error_bound_ms": clock.error_bound_ms},
         "clips": clips,
         "detail": ev.detail,
     })

@@ -32,7 +32,14 @@ pub struct Timeline {
     est_box: bool,
     /// The epoch the rows are on, as last told to the writer.
     rows_epoch: i64,
+    /// A backward correction still to take, in ns (≤ 0), and the last frame's media time.
+    slew_ns: i64,
+    last_reference: i64,
 }
+
+/// A backward correction is taken at 1/8 of the media time (12.5 %): at 15 fps, frames
+/// 58 ms apart instead of 67 ms, 125 ms a second.
+const SLEW_DIVISOR: i64 = 8;
 
 /// How long estimates must disagree with the mapping before it is re-anchored.
 const STEP_CONFIRM_NS: i64 = 1_000_000_000;
@@ -60,6 +67,8 @@ impl Timeline {
             anchor_box: true,
             est_box: true,
             rows_epoch: i64::MIN,
+            slew_ns: 0,
+            last_reference: 0,
         }
     }
 
@@ -134,21 +143,39 @@ impl Timeline {
                 self.anchor_box = self.est_box;
                 (reference, est_utc)
             }
-            Some((rt, utc)) => {
+            Some((rt, mut utc)) => {
+                if self.slew_ns < 0 {
+                    // Slewing back: at most 1/8 of the media time since the last frame.
+                    let since = (reference - self.last_reference).max(0);
+                    let take = self.slew_ns.max(-(since / SLEW_DIVISOR));
+                    self.slew_ns -= take;
+                    utc += take;
+                    self.anchor = Some((rt, utc));
+                }
                 let predicted = utc + (reference - rt);
-                let drift = est_utc - predicted;
+                // Compared with where the time line is heading, slew included.
+                let drift = est_utc - (predicted + self.slew_ns);
                 if drift.abs() <= self.max_drift_ns {
                     self.excursion_since = None;
                     (rt, utc)
                 } else if reference - *self.excursion_since.get_or_insert(reference)
                     >= STEP_CONFIRM_NS
                 {
-                    self.anchor = Some((reference, est_utc));
                     self.anchor_box = self.est_box;
                     self.excursion_since = None;
                     self.steps += 1;
                     step = Some(drift);
-                    (reference, est_utc)
+                    if drift < 0 {
+                        // Decode time cannot go back: the time line slews onto the
+                        // estimates instead of stepping, so frames stay evenly spaced
+                        // (never 1 ms apart, as a step back once placed them).
+                        self.slew_ns += drift;
+                        (rt, utc)
+                    } else {
+                        self.slew_ns = 0;
+                        self.anchor = Some((reference, est_utc));
+                        (reference, est_utc)
+                    }
                 } else {
                     (rt, utc)
                 }
@@ -165,6 +192,7 @@ impl Timeline {
             }
         }
         self.last_dts_utc = reference + off;
+        self.last_reference = reference;
         Mapped {
             pts_utc: pts + off,
             dts_utc: dts.map(|d| d + off),
@@ -238,6 +266,30 @@ mod tests {
         let rt = 6 * 66 * MS;
         assert_eq!(t.map(rt, Some(rt), base + rt).dts_utc, Some(base + rt));
         assert_eq!(t.steps, 0);
+    }
+
+    #[test]
+    fn a_late_first_frame_after_a_reconnect_is_slewed_back_never_squeezed() {
+        const F: i64 = 66_666_667;
+        let mut t = Timeline::new(500 * MS);
+        let base = 1_700_000_000_000 * MS;
+        // The first frame of a new session arrives 900 ms late (a loaded box); the
+        // camera's clock then says where frames really are.
+        let mut last = t.map(0, None, base + 900 * MS).pts_utc;
+        let mut steps = 0;
+        for i in 1..300 {
+            let rt = i * F;
+            let m = t.map(rt, None, base + rt);
+            let d = m.pts_utc - last;
+            assert!(
+                (F - F / SLEW_DIVISOR - 1..=F).contains(&d),
+                "frame {i}: {d} ns after the last"
+            );
+            steps += m.step_ns.is_some() as u32;
+            last = m.pts_utc;
+        }
+        assert_eq!(steps, 1, "one backward correction, not one a second");
+        assert_eq!(last, base + 299 * F, "the time line has caught up");
     }
 
     fn epoch(id: i64, base: i64) -> BoxClock {

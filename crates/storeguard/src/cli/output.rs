@@ -245,6 +245,23 @@ pub fn events(v: &Value) -> String {
             },
             s(&e["id"])
         );
+        let t = &e["time"];
+        let clock = match t["synced"].as_bool() {
+            Some(false) => "on an UNSYNCHRONISED box clock",
+            _ => "on the synchronised box clock",
+        };
+        match t["recorded_at"].as_str() {
+            Some(r) => {
+                let _ = writeln!(
+                    o,
+                    "    time {clock}; corrected by a clock step (recorded as {r})"
+                );
+            }
+            None if t["synced"] == false => {
+                let _ = writeln!(o, "    time {clock}");
+            }
+            None => {}
+        }
         for c in e["clips"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 o,

@@ -54,7 +54,7 @@ impl Events {
                         json!({ "id": c.uid, "camera": c.camera, "state": c.state, "path": c.path, "sha256": c.sha256, "error": c.error, "receipt": receipt })
                     })
                     .collect();
-                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc_ms(e.at_ns), "test": e.test, "detail": e.detail, "clips": clips }));
+                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc_ms(e.at_ns), "test": e.test, "time": e.time, "detail": e.detail, "clips": clips }));
             }
             Ok(Reply::Json(json!({ "events": out })))
         })

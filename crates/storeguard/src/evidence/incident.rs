@@ -138,6 +138,7 @@ impl Incidents {
             at_ns: t.at_ns,
             test: t.test,
             detail: t.detail,
+            time: None,
         };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {

@@ -14,6 +14,20 @@ pub struct EventRow {
     pub at_ns: i64,
     pub test: bool,
     pub detail: serde_json::Value,
+    /// The box clock it was timed on (docs/time.md); None for events before v7 and for
+    /// rows being inserted (the store stamps them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<EventTime>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventTime {
+    pub synced: bool,
+    /// ms; None: unbounded (unsynchronised clock).
+    pub error_bound_ms: Option<i64>,
+    /// When a clock step corrected `at_ns`: the time as recorded, and the step.
+    pub recorded_at: Option<String>,
+    pub clock_step: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +60,19 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         at_ns: r.get(4)?,
         test: r.get(5)?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        time: r
+            .get::<_, Option<bool>>(7)?
+            .map(|synced| -> rusqlite::Result<EventTime> {
+                Ok(EventTime {
+                    synced,
+                    error_bound_ms: r
+                        .get::<_, Option<i64>>(8)?
+                        .map(|e| (e + 999_999) / 1_000_000),
+                    recorded_at: r.get::<_, Option<i64>>(9)?.map(storeguard_base::utc_ms),
+                    clock_step: r.get(10)?,
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -136,7 +163,7 @@ impl Store {
     pub fn events_since(&self, since_ns: i64, limit: usize) -> Result<Vec<EventRow>> {
         let c = self.conn();
         let mut st = self.sq(c.prepare_cached(
-            "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE at_ns >= ?1 ORDER BY at_ns DESC LIMIT ?2",
+            "SELECT id, uid, kind, source, at_ns, test, detail, time_synced, time_error_ns, recorded_at_ns, clock_step FROM event WHERE at_ns >= ?1 ORDER BY at_ns DESC LIMIT ?2",
         ))?;
         let rows = st
             .query_map(params![since_ns, limit as i64], event_row)
@@ -233,7 +260,7 @@ impl Store {
         let c = self.conn();
         self.sq(c
             .query_row(
-                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE id = ?1",
+                "SELECT id, uid, kind, source, at_ns, test, detail, time_synced, time_error_ns, recorded_at_ns, clock_step FROM event WHERE id = ?1",
                 [id],
                 event_row,
             )
@@ -244,7 +271,7 @@ impl Store {
         let c = self.conn();
         self.sq(c
             .query_row(
-                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE uid = ?1",
+                "SELECT id, uid, kind, source, at_ns, test, detail, time_synced, time_error_ns, recorded_at_ns, clock_step FROM event WHERE uid = ?1",
                 [uid],
                 event_row,
             )

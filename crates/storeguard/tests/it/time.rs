@@ -26,7 +26,13 @@ fn set_clock(path: &Path, offset_ns: i64, synced: bool) {
 
 fn config(data_dir: &str, url: &str, health: &str) -> String {
     format!(
-        "[site]\nsite_id = \"time-test\"\ndevice_id = \"time-box\"\n\n[storage]\ndata_dir = \"{data_dir}\"\nsegment_length = \"3s\"\n\n[control]\nsocket = \"control.sock\"\n\n[health]\n{health}\n\n[[cameras]]\nid = \"cam01\"\nurl = \"{url}\"\n"
+        "[site]\nsite_id = \"time-test\"\ndevice_id = \"time-box\"\n\n[storage]\ndata_dir = \"{data_dir}\"\nsegment_length = \"3s\"\n\n[control]\nsocket = \"control.sock\"\n\n[health]\n{health}\n\n[[cameras]]\nid = \"cam01\"\nurl = \"{url}\"\n{}",
+        super::isb::button(
+            "till",
+            "normally-open",
+            &["cam01"],
+            "pre_roll = \"2s\"\npost_roll = \"6s\""
+        )
     )
 }
 
@@ -97,7 +103,11 @@ fn a_cold_boot_at_1970_then_ntp_corrects_the_recording_without_a_gap() {
     let mut d = start(&site, &clock);
     let s = status(&site);
     assert_eq!(s["clock"]["synced"], false, "{s}");
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(3));
+    // A press on the 1970 clock; its post-roll runs past the step.
+    let pressed_at = now_ns();
+    super::isb::press(&site, "till", 100);
+    std::thread::sleep(Duration::from_secs(4));
     // NTP arrives: the clock steps to the right time and is synchronised.
     let stepped_at = now_ns();
     set_clock(&clock, 0, true);
@@ -219,6 +229,49 @@ fn a_cold_boot_at_1970_then_ntp_corrects_the_recording_without_a_gap() {
     let s = status(&site);
     assert_eq!(s["clock"]["synced"], true, "{s}");
     assert!(s["clock"]["last_step"]["cause"].is_string(), "{s}");
+
+    // The press: corrected to when it really happened, its recorded 1970 time kept, and
+    // its clip cut on the corrected window and saying so.
+    let mut ev = Value::Null;
+    wait_until_within(
+        "the press's clip is sealed",
+        Duration::from_secs(40),
+        || {
+            let out = site.cli(&["events", "--json"]);
+            ev = serde_json::from_str::<Value>(&out.stdout).unwrap()["events"][0].clone();
+            ev["clips"][0]["state"] == "sealed"
+        },
+    );
+    let at = super::isb::parse_ns(&ev["at"]);
+    assert!(
+        (at - pressed_at).abs() < 2 * SEC,
+        "event at {} pressed {}",
+        utc_ms(at),
+        utc_ms(pressed_at)
+    );
+    assert!(
+        ev["time"]["recorded_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("1970-01-01"),
+        "{ev}"
+    );
+    assert_eq!(ev["time"]["synced"], false);
+    let clip_path = site
+        .data_dir()
+        .join(ev["clips"][0]["path"].as_str().unwrap());
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(storeguard::evidence::sidecar_path(&clip_path)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["time"]["corrections"].as_array().unwrap().len(), 1, "{m}");
+    let first = super::isb::parse_ns(&m["actual"]["first_frame"]);
+    assert!(
+        (first - (pressed_at - 2 * SEC)).abs() < 2 * SEC,
+        "first frame {} for a press at {}",
+        utc_ms(first),
+        utc_ms(pressed_at)
+    );
     super::recording::stop(&mut d);
 }
 

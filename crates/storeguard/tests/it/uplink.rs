@@ -250,6 +250,7 @@ impl Device {
             at_ns: topics::now_ns(),
             test: false,
             detail: serde_json::json!({ "n": n }),
+            time: None,
         }
     }
 
