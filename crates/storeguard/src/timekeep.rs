@@ -232,6 +232,14 @@ fn save_last(s: &Shared, w: &Watch) {
 }
 
 fn begin(s: &Shared) -> anyhow::Result<Watch> {
+    // A correction a crash interrupted goes on first.
+    let resumed = s.store.resume_corrections()?;
+    if resumed > 0 {
+        tracing::warn!(
+            segments = resumed,
+            "finished correcting recorded times after an interrupted clock step"
+        );
+    }
     let now = sample(s);
     let boot = boot_id();
     let last_epoch = s.store.last_epoch()?;

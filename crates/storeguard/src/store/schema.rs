@@ -176,7 +176,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE segment ADD COLUMN clock_step INTEGER;
      ALTER TABLE segment ADD COLUMN recorded_start_ns INTEGER;
      ALTER TABLE segment ADD COLUMN recorded_end_ns INTEGER;
-     CREATE INDEX segment_by_epoch ON segment(clock_epoch);
+     CREATE INDEX segment_by_epoch ON segment(clock_epoch, start_ns);
      ALTER TABLE keyframe ADD COLUMN recorded_utc_ns INTEGER;
      ALTER TABLE gap ADD COLUMN clock_epoch INTEGER;
      ALTER TABLE gap ADD COLUMN clock_step INTEGER;
