@@ -89,7 +89,8 @@ pub struct SegmentWriter {
     ts: Option<TsWriter>,
     format: Option<StreamFormat>,
     time_source: &'static str,
-    /// The box clock epoch the camera's time line is on now.
+    /// The box clock epoch the camera's time line is on now (0: on the camera's own
+    /// clock, which no box step moves). Segments and gaps carry it.
     epoch: i64,
     cur: Option<Open>,
     closed: Vec<(SegmentProgress, File)>,
@@ -181,11 +182,6 @@ impl SegmentWriter {
         }
     }
 
-    /// The epoch a gap's times are on (0: the camera's clock times the stream).
-    fn gap_epoch(&self) -> i64 {
-        self.epoch
-    }
-
     /// The stream (re)started with this format. A change of codec or size starts a new
     /// segment at the next keyframe, so every segment has one set of codec parameters.
     pub fn set_format(&mut self, f: StreamFormat) {
@@ -212,7 +208,7 @@ impl SegmentWriter {
                 camera: self.camera.clone(),
                 start_ns: start,
                 reason: reason.to_string(),
-                epoch: self.gap_epoch(),
+                epoch: self.epoch,
             });
             self.gap_open = true;
         }
@@ -389,7 +385,7 @@ impl SegmentWriter {
                 start_ns: end,
                 end_ns: dts,
                 reason,
-                epoch: self.gap_epoch(),
+                epoch: self.epoch,
             });
         }
         self.down_reason = None;
