@@ -281,6 +281,8 @@ pub struct BoxClock {
     pub synced: bool,
     /// Error bound in ns while synced; None when unsynchronised.
     pub error_ns: Option<i64>,
+    /// `CLOCK_REALTIME − CLOCK_MONOTONIC` at the time keeper's last poll.
+    pub offset_ns: i64,
 }
 
 static BOX_CLOCK: RwLock<BoxClock> = RwLock::new(BoxClock {
@@ -288,6 +290,7 @@ static BOX_CLOCK: RwLock<BoxClock> = RwLock::new(BoxClock {
     base_ns: 0,
     synced: false,
     error_ns: None,
+    offset_ns: 0,
 });
 
 /// Publishes the box clock's state (the time keeper only).
@@ -298,6 +301,19 @@ pub fn publish(c: BoxClock) {
 /// The box clock's last published state.
 pub fn box_clock() -> BoxClock {
     *BOX_CLOCK.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The box clock to stamp a time read just now with: the published state, unless the
+/// clock has stepped since the time keeper's last poll (at most 100 ms ago). Then the
+/// time is on a clock no epoch describes yet, and is stamped with none (0), so the
+/// step's correction does not move it a second time.
+pub fn box_clock_for_stamp() -> BoxClock {
+    let c = box_clock();
+    let live = crate::time::now_ns().wrapping_sub(monotonic_ns() as i64);
+    if c.epoch != 0 && live.wrapping_sub(c.offset_ns).abs() >= STEP_THRESHOLD_NS {
+        return BoxClock { epoch: 0, ..c };
+    }
+    c
 }
 
 #[cfg(test)]
@@ -372,6 +388,36 @@ mod tests {
         c.set_ntp(synced());
         c.advance(S as u64);
         assert_eq!(d.observe(c.sample().unwrap()), None);
+    }
+
+    #[test]
+    fn a_time_read_after_an_unseen_step_is_stamped_with_no_epoch() {
+        let live = crate::time::now_ns() - monotonic_ns() as i64;
+        let c = BoxClock {
+            epoch: 7,
+            base_ns: live,
+            synced: true,
+            error_ns: Some(1),
+            offset_ns: live,
+        };
+        publish(c);
+        assert_eq!(box_clock_for_stamp().epoch, 7);
+        publish(BoxClock {
+            offset_ns: live - 2 * S,
+            ..c
+        });
+        assert_eq!(
+            box_clock_for_stamp().epoch,
+            0,
+            "stepped since the last poll"
+        );
+        publish(BoxClock {
+            epoch: 0,
+            base_ns: 0,
+            synced: false,
+            error_ns: None,
+            offset_ns: 0,
+        });
     }
 
     #[test]

@@ -352,6 +352,7 @@ fn poll(s: &Shared, w: &mut Watch) {
         base_ns: w.base_ns,
         synced: ntp.synced,
         error_ns: ntp.error_bound_ns(),
+        offset_ns: now.offset_ns(),
     });
     {
         let mut st = lock(&s.status);
@@ -423,6 +424,7 @@ fn handle_step(s: &Shared, w: &mut Watch, step: clock::Step, when: &str) {
                 base_ns: w.base_ns,
                 synced: step.ntp_after.synced,
                 error_ns: step.ntp_after.error_bound_ns(),
+                offset_ns: storeguard_base::now_ns() - clock::monotonic_ns() as i64,
             });
             let detail = format!(
                 "box clock stepped {:+.3} s from {} to {} ({cause}); corrected {}",

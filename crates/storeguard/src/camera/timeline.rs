@@ -298,6 +298,7 @@ mod tests {
             base_ns: base,
             synced: id > 1,
             error_ns: None,
+            offset_ns: base,
         }
     }
 

@@ -123,7 +123,7 @@ impl Store {
         let r = (|| {
             let tx = c.transaction()?;
             // Stamped with the box clock it was timed on, so a later step corrects it.
-            let clock = storeguard_base::clock::box_clock();
+            let clock = storeguard_base::clock::box_clock_for_stamp();
             tx.execute(
                 "INSERT INTO event(uid, kind, source, at_ns, test, detail, clock_epoch, time_synced, time_error_ns)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
