@@ -113,11 +113,6 @@ pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
-/// `CLOCK_BOOTTIME` in nanoseconds: monotonic time including suspend.
-pub fn boottime_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME) as u64
-}
-
 // time_t and c_long are 32 bits on 32-bit ARM: the casts are not no-ops everywhere.
 #[allow(clippy::unnecessary_cast)]
 fn clock_ns(id: libc::clockid_t) -> i64 {
