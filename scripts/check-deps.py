@@ -30,7 +30,7 @@ DEVICE_LAYERS = [
     {"config"},
     {"store"},
     {"exit"},
-    {"recording", "button"},
+    {"recording", "button", "timekeep"},
     {"camera", "evidence", "uplink", "detect"},
     {"state"},
     {"cmd"},

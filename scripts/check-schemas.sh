@@ -26,7 +26,8 @@ for f in glob.glob("docs/schemas/*.schema.json"):
     reg = reg.with_resource(d["$id"], Resource.from_contents(d))
     schemas[os.path.basename(f)] = d
 kinds = {
-    "status-online.json": "status", "status-offline.json": "status", "status-will.json": "status",
+    "status-online.json": "status", "status-online-clock.json": "status",
+    "status-offline.json": "status", "status-will.json": "status",
     "alert.json": "alert", "health.json": "health", "manifest-msg.json": "manifest-msg",
     "chunk-header.json": "chunk-header", "clip-ack.json": "clip-ack",
     "clip-ack-incomplete.json": "clip-ack", "config-desired.json": "config-desired",

@@ -13,7 +13,7 @@ pub mod runtime;
 pub mod shutdown;
 pub mod time;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, FakeClock, NtpState, SystemClock};
 pub use shutdown::Shutdown;
 pub use time::{now_ns, parse_time, utc_ms};
 

@@ -2,9 +2,31 @@
 //!
 //! Everything is stored and sent as UTC; only the CLI shows local time.
 
-/// The system's wall clock now, in UTC nanoseconds.
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// The system's wall clock now, in UTC nanoseconds (on the daemon's test clock, when
+/// a test set one: `clock::set_test_override`).
 pub fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    from_system_ns(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0))
+}
+
+// The test clock's wall-clock offset (`clock::set_test_override`); off in production.
+static OFFSET_ON: AtomicBool = AtomicBool::new(false);
+static OFFSET: AtomicI64 = AtomicI64::new(0);
+
+pub(crate) fn set_test_offset(ns: i64) {
+    OFFSET.store(ns, Ordering::SeqCst);
+    OFFSET_ON.store(true, Ordering::SeqCst);
+}
+
+/// A reading of the system's wall clock taken elsewhere (a socket's receive time) on
+/// this process's wall clock: the same unless a test clock is set.
+pub fn from_system_ns(ns: i64) -> i64 {
+    if OFFSET_ON.load(Ordering::Relaxed) {
+        ns.wrapping_add(OFFSET.load(Ordering::Relaxed))
+    } else {
+        ns
+    }
 }
 
 /// UTC with millisecond precision (`2026-11-22T10:00:00.123Z`): the one format every

@@ -51,6 +51,10 @@ pub struct Manifest {
     pub file: FileRef,
     /// Spans inside `actual` with no video (camera offline, recorder down, ...).
     pub gaps: Vec<Gap>,
+    /// Where the clip's times come from and how far they can be off (docs/time.md).
+    /// Absent in manifests sealed before storeguard recorded it; they still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeQuality>,
     pub software: Software,
     #[serde(with = "utc_ms")]
     pub created_at: DateTime<Utc>,
@@ -156,6 +160,41 @@ pub struct Gap {
     #[serde(with = "utc_ms")]
     pub to: DateTime<Utc>,
     pub reason: String,
+}
+
+/// The time quality of a clip, signed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeQuality {
+    /// `box_ntp` (the box clock, synchronised by NTP), `camera_rtcp` (the camera's own
+    /// clock from its RTCP sender reports, agreeing with the box), or
+    /// `box_unsynchronised` (arrival time on a box clock nothing synchronised): the
+    /// worst over the clip's footage.
+    pub source: String,
+    /// How far the clip's times can be off, in ms; `null` when nothing bounds it.
+    pub error_bound_ms: Option<i64>,
+    /// Steps of the box clock that corrected the recorded times of this footage.
+    pub corrections: Vec<Correction>,
+}
+
+impl TimeQuality {
+    pub const BOX_NTP: &'static str = "box_ntp";
+    pub const CAMERA_RTCP: &'static str = "camera_rtcp";
+    pub const BOX_UNSYNCHRONISED: &'static str = "box_unsynchronised";
+}
+
+/// One clock step applied to the clip's recorded times: they moved by `step_ms` (by a
+/// share of it for footage recorded while the clock drifted, see docs/time.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Correction {
+    /// When the step was seen (new clock), UTC ms.
+    pub at: String,
+    /// The old clock's reading at the step, and the new one's.
+    pub before: String,
+    pub after: String,
+    pub step_ms: i64,
+    pub cause: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -554,6 +593,7 @@ mod tests {
                 to: t(12_500),
                 reason: "camera offline".into(),
             }],
+            time: None,
             software: Software::this(),
             created_at: t(95_000),
             signature: None,
@@ -596,6 +636,46 @@ mod tests {
         let back: Manifest = serde_json::from_str(&signed).unwrap();
         assert_eq!(back, m);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn time_quality_is_signed_and_old_manifests_without_it_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DeviceKey::load_or_create(dir.path()).unwrap();
+        let mut old = sample();
+        old.sign(&key);
+        let old_bytes = serde_json::to_vec(&old).unwrap();
+        assert!(!String::from_utf8_lossy(&old_bytes).contains("\"time\""));
+        let parsed: Manifest = serde_json::from_slice(&old_bytes).unwrap();
+        assert_eq!(parsed.canonical_bytes(), old.canonical_bytes());
+
+        let mut m = sample();
+        m.time = Some(TimeQuality {
+            source: TimeQuality::BOX_UNSYNCHRONISED.into(),
+            error_bound_ms: None,
+            corrections: vec![Correction {
+                at: "2026-12-01T17:00:00.000Z".into(),
+                before: "1970-01-01T00:05:00.000Z".into(),
+                after: "2026-12-01T17:00:00.000Z".into(),
+                step_ms: 1_764_608_100_000,
+                cause: "NTP synchronised the clock".into(),
+            }],
+        });
+        m.sign(&key);
+        let c = String::from_utf8(m.canonical_bytes()).unwrap();
+        assert!(
+            c.contains(
+                r#""time":{"source":"box_unsynchronised","error_bound_ms":null,"corrections":[{"#
+            ),
+            "{c}"
+        );
+        // Altering the signed time quality breaks the signature.
+        let sig = m.signature.clone();
+        m.time.as_mut().unwrap().corrections.clear();
+        m.signature = None;
+        let mut again = m.clone();
+        again.sign(&key);
+        assert_ne!(again.signature, sig);
     }
 
     #[test]

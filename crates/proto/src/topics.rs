@@ -116,11 +116,43 @@ pub struct Status {
     pub at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The box clock when online (docs/time.md): republished when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<StatusClock>,
+}
+
+/// The box clock's state in the `status` payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusClock {
+    /// The kernel says NTP synchronises the clock (no `STA_UNSYNC`).
+    pub synced: bool,
+    /// The error bound in ms while synchronised; null when nothing bounds it.
+    pub error_bound_ms: Option<i64>,
+    /// The clock's epoch: it changes with every step of the clock.
+    pub epoch: i64,
+}
+
+impl StatusClock {
+    /// The box clock as the time keeper last published it.
+    pub fn now() -> StatusClock {
+        let c = storeguard_base::clock::box_clock();
+        StatusClock {
+            synced: c.synced,
+            error_bound_ms: c.error_ns.map(|e| (e + 999_999) / 1_000_000),
+            epoch: c.epoch,
+        }
+    }
 }
 
 impl Status {
     pub fn online(site: &str, device: &str) -> Vec<u8> {
-        Self::bytes(site, device, "online", None, Some(utc_ms(now_ns())))
+        Self::online_with(site, device, StatusClock::now())
+    }
+
+    pub fn online_with(site: &str, device: &str, clock: StatusClock) -> Vec<u8> {
+        let mut s = Self::value(site, device, "online", None, Some(utc_ms(now_ns())));
+        s.clock = Some(clock);
+        serde_json::to_vec(&s).expect("status serializes")
     }
 
     /// Published by the device itself before a clean disconnect.
@@ -146,7 +178,18 @@ impl Status {
         reason: Option<&str>,
         at: Option<String>,
     ) -> Vec<u8> {
-        serde_json::to_vec(&Status {
+        serde_json::to_vec(&Self::value(site, device, state, reason, at))
+            .expect("status serializes")
+    }
+
+    fn value(
+        site: &str,
+        device: &str,
+        state: &str,
+        reason: Option<&str>,
+        at: Option<String>,
+    ) -> Status {
+        Status {
             schema: SCHEMA_STATUS.into(),
             state: state.into(),
             site_id: site.into(),
@@ -154,8 +197,8 @@ impl Status {
             reason: reason.map(Into::into),
             at,
             version: Some(storeguard_base::VERSION.into()),
-        })
-        .expect("status serializes")
+            clock: None,
+        }
     }
 }
 
@@ -182,6 +225,7 @@ pub fn alert_payload(ev: &AlertEvent<'_>, clips: &[String]) -> Vec<u8> {
 }
 
 fn alert_json(ev: &AlertEvent<'_>, clips: &[String]) -> serde_json::Value {
+    let clock = StatusClock::now();
     serde_json::json!({
         "schema": SCHEMA_ALERT,
         "event_id": ev.uid,
@@ -189,6 +233,7 @@ fn alert_json(ev: &AlertEvent<'_>, clips: &[String]) -> serde_json::Value {
         "source": ev.source,
         "at": utc_ms(ev.at_ns),
         "test": ev.test,
+        "time": {"synced": clock.synced, "error_bound_ms": clock.error_bound_ms},
         "clips": clips,
         "detail": ev.detail,
     })
@@ -520,6 +565,18 @@ mod samples {
         let dir = std::path::PathBuf::from(dir);
         let w = |name: &str, b: &[u8]| std::fs::write(dir.join(name), b).unwrap();
         w("status-online.json", &Status::online("s1", "d1"));
+        w(
+            "status-online-clock.json",
+            &Status::online_with(
+                "s1",
+                "d1",
+                StatusClock {
+                    synced: true,
+                    error_bound_ms: Some(24),
+                    epoch: 3,
+                },
+            ),
+        );
         w("status-offline.json", &Status::offline_clean("s1", "d1"));
         w("status-will.json", &Status::offline_will("s1", "d1"));
         let detail = serde_json::json!({});
@@ -598,6 +655,17 @@ mod samples {
                 to: t,
                 reason: "offline".into(),
             }],
+            time: Some(crate::manifest::TimeQuality {
+                source: crate::manifest::TimeQuality::BOX_NTP.into(),
+                error_bound_ms: Some(24),
+                corrections: vec![crate::manifest::Correction {
+                    at: utc_ms(now_ns()),
+                    before: "1970-01-01T00:01:40.000Z".into(),
+                    after: utc_ms(now_ns()),
+                    step_ms: now_ns() / 1_000_000 - 100_000,
+                    cause: "NTP synchronised the clock".into(),
+                }],
+            }),
             software: crate::manifest::Software::this(),
             created_at: t,
             signature: None,

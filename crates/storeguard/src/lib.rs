@@ -21,6 +21,7 @@ pub mod recording;
 pub mod remote;
 pub mod state;
 pub mod store;
+pub mod timekeep;
 pub mod uplink;
 
 pub use storeguard_base::VERSION;

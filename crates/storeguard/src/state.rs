@@ -10,6 +10,7 @@ use crate::detect::{Detection, Output};
 use crate::evidence::incident::Incidents;
 use crate::recording::Recorder;
 use crate::store::Store;
+use crate::timekeep::TimeKeeper;
 use crate::uplink::{InboundSink, UplinkHandle};
 use chrono::{DateTime, Utc};
 use sd_notify::NotifyState;
@@ -38,6 +39,8 @@ pub struct State {
     pub started_utc: DateTime<Utc>,
     pub config: RwLock<Loaded>,
     pub store: Store,
+    /// The box clock's state, steps and corrections (docs/time.md).
+    pub time: Arc<TimeKeeper>,
     pub shutdown: shutdown::Trigger,
     /// Serialises reloads: SIGHUP and `config reload` may arrive together.
     pub reloading: tokio::sync::Mutex<()>,

@@ -85,7 +85,7 @@ pub fn to_utc(
 /// [`to_utc`] against the clocks as they are now.
 pub fn monotonic_to_utc_now(ts_ns: u64) -> DateTime<Utc> {
     let mono = monotonic_now_ns();
-    let real = Utc::now();
+    let real = DateTime::from_timestamp_nanos(storeguard_base::now_ns());
     to_utc(ts_ns, EdgeClock::Monotonic, real, mono)
 }
 

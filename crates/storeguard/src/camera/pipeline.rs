@@ -26,6 +26,24 @@ pub struct Live {
     pub format: Mutex<Option<StreamFormat>>,
     /// Set by the streaming thread when it can't go on (unsupported codec, disk).
     pub fatal: Mutex<Option<String>>,
+    /// The camera's own clock minus the box clock (ns), from its RTCP sender reports;
+    /// valid once `camera_offset_known`.
+    pub camera_offset_ns: AtomicI64,
+    pub camera_offset_known: std::sync::atomic::AtomicBool,
+}
+
+impl Live {
+    pub fn set_camera_offset(&self, ns: i64) {
+        self.camera_offset_ns.store(ns, Ordering::Relaxed);
+        self.camera_offset_known.store(true, Ordering::Relaxed);
+    }
+
+    /// The camera's clock minus the box clock, once a sender report said.
+    pub fn camera_offset(&self) -> Option<i64> {
+        self.camera_offset_known
+            .load(Ordering::Relaxed)
+            .then(|| self.camera_offset_ns.load(Ordering::Relaxed))
+    }
 }
 
 pub use storeguard_base::clock::monotonic_ns as mono_ns;
@@ -373,7 +391,7 @@ fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
     // Arrival-based UTC of this frame: now, minus how long ago its timestamp was.
     let clock_now = sink.clock().map(|c| c.time().nseconds() as i64);
     let base = sink.base_time().map(|t| t.nseconds() as i64);
-    let now = realtime_ns();
+    let now = storeguard_base::clock::from_system_ns(realtime_ns());
     let arrival = match (clock_now, base) {
         (Some(c), Some(b)) => now - (c - (b + dts.unwrap_or(pts))).max(0),
         _ => now,
@@ -382,7 +400,11 @@ fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
     let est = {
         let mut ntp = lock(&ctx.ntp);
         ntp.poll_sr();
-        match ntp.camera_utc(dts.unwrap_or(pts)) {
+        let cam = ntp.camera_utc(dts.unwrap_or(pts));
+        if let Some(c) = cam {
+            ctx.live.set_camera_offset(c - arrival);
+        }
+        match cam {
             Some(cam) if (cam - arrival).abs() <= MAX_CAMERA_SKEW_NS => {
                 if ntp.source != "ntp" {
                     ntp.source = "ntp";
@@ -406,7 +428,13 @@ fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
             None => arrival,
         }
     };
-    let mapped = lock(&ctx.timeline).map(pts, dts, est);
+    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+    let box_time = lock(&ctx.ntp).source == "arrival";
+    let clock = storeguard_base::clock::box_clock();
+    let mapped = lock(&ctx.timeline).map_on(pts, dts, est, box_time, keyframe, clock);
+    if let Some((epoch, moved)) = mapped.rebase {
+        lock(&ctx.writer).rebase(epoch, moved);
+    }
     if let Some(step) = mapped.step_ns {
         ctx.live.clock_steps.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(camera = %ctx.camera, step_ms = step / 1_000_000, "clock step: camera media time and box time drifted apart; re-anchored");
@@ -416,7 +444,7 @@ fn on_sample(sink: &gst_app::AppSink, ctx: &Ctx) -> Result<(), ()> {
         data: map.as_slice(),
         pts_utc_ns: mapped.pts_utc,
         dts_utc_ns: mapped.dts_utc.filter(|d| *d != mapped.pts_utc),
-        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+        keyframe,
     };
     let r = lock(&ctx.writer).write(&frame);
     if let Err(e) = r {

@@ -325,6 +325,8 @@ struct StreamState {
     sr: Option<(i64, i64, u32)>,
     skew_warned: bool,
     source: &'static str,
+    /// The camera's clock minus the box clock, from the last sender report.
+    camera_offset: Option<i64>,
     /// After a loss, frames are skipped up to the next keyframe: what follows a hole
     /// refers to pictures the decoder never got.
     need_keyframe: bool,
@@ -346,6 +348,7 @@ impl StreamState {
             sr: None,
             skew_warned: false,
             source: "arrival",
+            camera_offset: None,
             need_keyframe: false,
             last_dts: None,
             max_pts: None,
@@ -412,7 +415,7 @@ impl StreamState {
         let lost = f.loss();
         let rap = f.is_random_access_point();
         let stamp = f.timestamp();
-        let arrival = wall_ns(f.end_ctx().received_wall());
+        let arrival = storeguard_base::clock::from_system_ns(wall_ns(f.end_ctx().received_wall()));
         let mut data = f.into_data();
         if !to_annex_b(&mut data) {
             live.dropped.fetch_add(1, Ordering::Relaxed);
@@ -445,7 +448,17 @@ impl StreamState {
         let dts = self.decode_time(pts);
         let reference = dts.unwrap_or(pts);
         let est = self.estimate(stamp.elapsed(), pts, reference, arrival, ctx);
-        let mapped = self.timeline.map(pts, dts, est);
+        if let Some(o) = self.camera_offset {
+            live.set_camera_offset(o);
+        }
+        let clock = storeguard_base::clock::box_clock();
+        let box_time = self.source == "arrival";
+        let mapped = self
+            .timeline
+            .map_on(pts, dts, est, box_time, keyframe, clock);
+        if let Some((epoch, moved)) = mapped.rebase {
+            lock(&ctx.writer).rebase(epoch, moved);
+        }
         if let Some(step) = mapped.step_ns {
             live.clock_steps.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(camera = %self.camera, step_ms = step / 1_000_000, "clock step: camera media time and box time drifted apart; re-anchored");
@@ -512,6 +525,7 @@ impl StreamState {
         };
         let cam = sr_ns + ((ticks - sr_ticks) as i128 * 1_000_000_000 / rate as i128) as i64
             - (pts - reference);
+        self.camera_offset = Some(cam - arrival);
         if (cam - arrival).abs() <= MAX_CAMERA_SKEW_NS {
             if self.source != "ntp" {
                 self.source = "ntp";

@@ -47,6 +47,11 @@ pub struct CameraHealth {
     /// Frames the ingest dropped rather than record them broken (packet loss).
     pub frames_dropped: u64,
     pub write_errors: u64,
+    /// The camera's own clock (RTCP sender reports) minus the box clock, in ms; None
+    /// until a sender report came.
+    pub clock_offset_ms: Option<i64>,
+    /// The offset is beyond `health.camera_clock_tolerance` (health event raised).
+    pub clock_off: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +88,8 @@ struct Slot {
     last_error: Option<String>,
     offline_since: Option<(Instant, i64)>,
     offline_reported: bool,
+    /// A `camera_clock_off` health event is standing.
+    clock_off: bool,
     rate_at: Instant,
     rate_frames: u64,
     rate_bytes: u64,
@@ -96,6 +103,7 @@ struct Timing {
     offline_alert: Duration,
     max_backoff: Duration,
     segment_len: Duration,
+    camera_clock_tolerance: Duration,
 }
 
 impl Timing {
@@ -105,6 +113,7 @@ impl Timing {
             offline_alert: c.health.offline_alert_after.0,
             max_backoff: c.health.max_reconnect_backoff.0,
             segment_len: c.storage.segment_length.0,
+            camera_clock_tolerance: c.health.camera_clock_tolerance.0,
         }
     }
 }
@@ -262,6 +271,7 @@ fn apply(
             last_error: None,
             offline_since: None,
             offline_reported: false,
+            clock_off: false,
             rate_at: now,
             rate_frames: 0,
             rate_bytes: 0,
@@ -362,6 +372,7 @@ fn tick(slot: &mut Slot, t: &Timing, recorder: &Recorder, rng: &mut u64) {
                 .store()
                 .health_event(now_ns(), "camera_offline", Some(&slot.cfg.id), &detail);
     }
+    check_camera_clock(slot, &live, t, recorder);
     let dt = slot.rate_at.elapsed();
     if dt >= Duration::from_secs(2) {
         let bytes = live.bytes.load(Ordering::Relaxed);
@@ -370,6 +381,44 @@ fn tick(slot: &mut Slot, t: &Timing, recorder: &Recorder, rng: &mut u64) {
         slot.rate_frames = frames;
         slot.rate_bytes = bytes;
         slot.rate_at = Instant::now();
+    }
+}
+
+/// A camera whose own clock, which is also the time burnt into its picture, is off the
+/// synchronised box clock by more than the tolerance raises `camera_clock_off` (and
+/// `camera_clock_ok` once within three quarters of it again). Against an unsynchronised
+/// box clock nothing can be said about the camera's.
+fn check_camera_clock(slot: &mut Slot, live: &super::Live, t: &Timing, recorder: &Recorder) {
+    let Some(off) = live.camera_offset() else {
+        return;
+    };
+    if !storeguard_base::clock::box_clock().synced {
+        return;
+    }
+    let tol = t.camera_clock_tolerance.as_nanos() as i64;
+    let ms = off / 1_000_000;
+    if !slot.clock_off && off.abs() > tol {
+        slot.clock_off = true;
+        let detail = format!(
+            "camera clock is {:+.3} s off the box clock (tolerance {} ms): the time in its picture disagrees with the recording; set the camera's NTP server",
+            off as f64 / 1e9,
+            tol / 1_000_000
+        );
+        tracing::warn!(camera = %slot.cfg.id, offset_ms = ms, "{detail}");
+        let _ = recorder.store().health_event(
+            now_ns(),
+            "camera_clock_off",
+            Some(&slot.cfg.id),
+            &detail,
+        );
+    } else if slot.clock_off && off.abs() < tol * 3 / 4 {
+        slot.clock_off = false;
+        let detail = format!("camera clock is within {ms} ms of the box clock again");
+        tracing::info!(camera = %slot.cfg.id, offset_ms = ms, "{detail}");
+        let _ =
+            recorder
+                .store()
+                .health_event(now_ns(), "camera_clock_ok", Some(&slot.cfg.id), &detail);
     }
 }
 
@@ -437,6 +486,8 @@ fn snapshot(s: &Slot) -> CameraHealth {
         frames: w.stats.frames,
         frames_dropped: live.dropped.load(Ordering::Relaxed) + s.dropped_before,
         write_errors: w.stats.write_errors,
+        clock_offset_ms: live.camera_offset().map(|o| o / 1_000_000),
+        clock_off: s.clock_off,
     }
 }
 

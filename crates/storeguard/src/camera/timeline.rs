@@ -6,6 +6,15 @@
 //! clock stepped, camera clock skewed, long stall) we re-anchor and report the step for
 //! the log. A single late frame is arrival jitter, not a step: on a busy box frames
 //! arrive hundreds of milliseconds late, and re-anchoring on each would squeeze time.
+//!
+//! A step of the box clock itself is known exactly (the time keeper publishes each
+//! epoch of the box clock, `storeguard_base::clock::box_clock`): it is not left to the
+//! drift check. Estimates from box time are compared on the anchor's epoch until the
+//! next keyframe; there the time line moves by the step at once, and the writer starts
+//! a segment on the new epoch (`Mapped::rebase`). So a step never squeezes, gaps or
+//! reorders frames, and each segment is on one clock (docs/time.md).
+
+use storeguard_base::clock::BoxClock;
 
 #[derive(Debug, Clone)]
 pub struct Timeline {
@@ -15,7 +24,22 @@ pub struct Timeline {
     /// Running time at which the current run of out-of-bounds estimates began.
     excursion_since: Option<i64>,
     pub steps: u64,
+    /// The box clock epoch (id, base offset) the anchor is on.
+    epoch: Option<(i64, i64)>,
+    /// The anchor came from box time (arrival), not the camera's clock.
+    anchor_box: bool,
+    /// Whether the estimate being mapped is box time.
+    est_box: bool,
+    /// The epoch the rows are on, as last told to the writer.
+    rows_epoch: i64,
+    /// A backward correction still to take, in ns (≤ 0), and the last frame's media time.
+    slew_ns: i64,
+    last_reference: i64,
 }
+
+/// A backward correction is taken at 1/8 of the media time (12.5 %): at 15 fps, frames
+/// 58 ms apart instead of 67 ms, 125 ms a second.
+const SLEW_DIVISOR: i64 = 8;
 
 /// How long estimates must disagree with the mapping before it is re-anchored.
 const STEP_CONFIRM_NS: i64 = 1_000_000_000;
@@ -26,6 +50,9 @@ pub struct Mapped {
     pub dts_utc: Option<i64>,
     /// Set when this frame re-anchored the mapping: the size of the step in ns.
     pub step_ns: Option<i64>,
+    /// Set when this frame is the first on a box clock epoch: (epoch, how far the time
+    /// line moved), for `SegmentWriter::rebase`.
+    pub rebase: Option<(i64, i64)>,
 }
 
 impl Timeline {
@@ -36,7 +63,68 @@ impl Timeline {
             max_drift_ns,
             excursion_since: None,
             steps: 0,
+            epoch: None,
+            anchor_box: true,
+            est_box: true,
+            rows_epoch: i64::MIN,
+            slew_ns: 0,
+            last_reference: 0,
         }
+    }
+
+    /// Like [`map`](Self::map), on the box clock `clock`. `box_time`: the estimate
+    /// comes from the box clock (arrival), not the camera's own clock. A new epoch is
+    /// taken at a keyframe (or the first frame); the time line moves with the box
+    /// clock's step only if its anchor came from box time.
+    pub fn map_on(
+        &mut self,
+        pts: i64,
+        dts: Option<i64>,
+        est_utc: i64,
+        box_time: bool,
+        keyframe: bool,
+        clock: BoxClock,
+    ) -> Mapped {
+        let pending = match self.epoch {
+            Some((id, base)) if id != clock.epoch => clock.base_ns - base,
+            _ => 0,
+        };
+        let switch =
+            self.epoch.map(|e| e.0) != Some(clock.epoch) && (keyframe || self.anchor.is_none());
+        let mut moved = 0;
+        let est = if switch {
+            if self.anchor.is_some() && self.anchor_box {
+                moved = pending;
+                if let Some(a) = self.anchor.as_mut() {
+                    a.1 += moved;
+                }
+                if self.last_dts_utc != i64::MIN {
+                    self.last_dts_utc += moved;
+                }
+            }
+            self.excursion_since = None;
+            self.epoch = Some((clock.epoch, clock.base_ns));
+            est_utc
+        } else if box_time {
+            // Until the switch, box time is compared on the anchor's epoch.
+            est_utc - pending
+        } else {
+            est_utc
+        };
+        self.est_box = box_time;
+        let mut m = self.map(pts, dts, est);
+        // Rows are on the box clock's epoch only while the anchor came from box time;
+        // a line anchored on the camera's clock never moves with the box clock (0).
+        let rows = if self.anchor_box {
+            self.epoch.map_or(0, |e| e.0)
+        } else {
+            0
+        };
+        if switch || rows != self.rows_epoch {
+            self.rows_epoch = rows;
+            m.rebase = Some((rows, moved));
+        }
+        m
     }
 
     /// Forget the anchor (new connection: the camera's running time restarts).
@@ -52,22 +140,42 @@ impl Timeline {
         let (rt, utc) = match self.anchor {
             None => {
                 self.anchor = Some((reference, est_utc));
+                self.anchor_box = self.est_box;
                 (reference, est_utc)
             }
-            Some((rt, utc)) => {
+            Some((rt, mut utc)) => {
+                if self.slew_ns < 0 {
+                    // Slewing back: at most 1/8 of the media time since the last frame.
+                    let since = (reference - self.last_reference).max(0);
+                    let take = self.slew_ns.max(-(since / SLEW_DIVISOR));
+                    self.slew_ns -= take;
+                    utc += take;
+                    self.anchor = Some((rt, utc));
+                }
                 let predicted = utc + (reference - rt);
-                let drift = est_utc - predicted;
+                // Compared with where the time line is heading, slew included.
+                let drift = est_utc - (predicted + self.slew_ns);
                 if drift.abs() <= self.max_drift_ns {
                     self.excursion_since = None;
                     (rt, utc)
                 } else if reference - *self.excursion_since.get_or_insert(reference)
                     >= STEP_CONFIRM_NS
                 {
-                    self.anchor = Some((reference, est_utc));
+                    self.anchor_box = self.est_box;
                     self.excursion_since = None;
                     self.steps += 1;
                     step = Some(drift);
-                    (reference, est_utc)
+                    if drift < 0 {
+                        // Decode time cannot go back: the time line slews onto the
+                        // estimates instead of stepping, so frames stay evenly spaced
+                        // (never 1 ms apart, as a step back once placed them).
+                        self.slew_ns += drift;
+                        (rt, utc)
+                    } else {
+                        self.slew_ns = 0;
+                        self.anchor = Some((reference, est_utc));
+                        (reference, est_utc)
+                    }
                 } else {
                     (rt, utc)
                 }
@@ -84,10 +192,12 @@ impl Timeline {
             }
         }
         self.last_dts_utc = reference + off;
+        self.last_reference = reference;
         Mapped {
             pts_utc: pts + off,
             dts_utc: dts.map(|d| d + off),
             step_ns: step,
+            rebase: None,
         }
     }
 }
@@ -156,6 +266,105 @@ mod tests {
         let rt = 6 * 66 * MS;
         assert_eq!(t.map(rt, Some(rt), base + rt).dts_utc, Some(base + rt));
         assert_eq!(t.steps, 0);
+    }
+
+    #[test]
+    fn a_late_first_frame_after_a_reconnect_is_slewed_back_never_squeezed() {
+        const F: i64 = 66_666_667;
+        let mut t = Timeline::new(500 * MS);
+        let base = 1_700_000_000_000 * MS;
+        // The first frame of a new session arrives 900 ms late (a loaded box); the
+        // camera's clock then says where frames really are.
+        let mut last = t.map(0, None, base + 900 * MS).pts_utc;
+        let mut steps = 0;
+        for i in 1..300 {
+            let rt = i * F;
+            let m = t.map(rt, None, base + rt);
+            let d = m.pts_utc - last;
+            assert!(
+                (F - F / SLEW_DIVISOR - 1..=F).contains(&d),
+                "frame {i}: {d} ns after the last"
+            );
+            steps += m.step_ns.is_some() as u32;
+            last = m.pts_utc;
+        }
+        assert_eq!(steps, 1, "one backward correction, not one a second");
+        assert_eq!(last, base + 299 * F, "the time line has caught up");
+    }
+
+    fn epoch(id: i64, base: i64) -> BoxClock {
+        BoxClock {
+            epoch: id,
+            base_ns: base,
+            synced: id > 1,
+            error_ns: None,
+            offset_ns: base,
+        }
+    }
+
+    #[test]
+    fn a_box_clock_step_moves_the_time_line_at_the_next_keyframe() {
+        const F: i64 = 66_666_667;
+        let mut t = Timeline::new(500 * MS);
+        let boot = 10_000 * MS; // 1970-01-01T00:00:10Z
+        let step = 1_764_600_000_000 * MS - boot;
+        let first = t.map_on(0, None, boot, true, true, epoch(1, boot));
+        assert_eq!(
+            first.rebase,
+            Some((1, 0)),
+            "the first frame names its epoch"
+        );
+        let mut last = first.pts_utc;
+        let mut rebased = None;
+        for i in 1..60 {
+            let rt = i * F;
+            // The clock steps at frame 20 (arrival jumps at once); the time keeper
+            // publishes it at frame 22; the GOP is 30 frames.
+            let arrival = boot + rt + if i >= 20 { step } else { 0 };
+            let clock = if i >= 22 {
+                epoch(2, boot + step)
+            } else {
+                epoch(1, boot)
+            };
+            let m = t.map_on(rt, None, arrival, true, i % 30 == 0, clock);
+            assert_eq!(m.step_ns, None, "frame {i}: no drift re-anchor");
+            let expect = if m.rebase.is_some() || rebased.is_some() {
+                boot + step + rt
+            } else {
+                boot + rt
+            };
+            assert_eq!(m.pts_utc, expect, "frame {i}");
+            if let Some(r) = m.rebase {
+                assert_eq!((i, r), (30, (2, step)));
+                rebased = Some(i);
+            } else {
+                assert_eq!(m.pts_utc - last, F, "frame {i}: evenly spaced");
+            }
+            last = m.pts_utc;
+        }
+        assert_eq!(rebased, Some(30));
+        assert_eq!(t.steps, 0);
+    }
+
+    #[test]
+    fn a_camera_clock_time_line_does_not_move_with_the_box_clock() {
+        let mut t = Timeline::new(500 * MS);
+        let base = 1_700_000_000_000 * MS;
+        t.map_on(0, None, base, false, true, epoch(1, 0));
+        let m = t.map_on(
+            100 * MS,
+            None,
+            base + 100 * MS,
+            false,
+            true,
+            epoch(2, 300 * MS),
+        );
+        assert_eq!(
+            m.rebase,
+            Some((0, 0)),
+            "rows on the camera's clock: no epoch"
+        );
+        assert_eq!(m.pts_utc, base + 100 * MS);
     }
 
     #[test]

@@ -815,6 +815,8 @@ fn doctor(args: &Args) -> u8 {
         ),
     }
     let now = chrono::Utc::now();
+    // The kernel's own word on the clock, without the daemon (adjtimex, read only).
+    let kernel = storeguard_base::clock::kernel_ntp();
     if now.timestamp() < 1_700_000_000 {
         line(
             "fail",
@@ -822,11 +824,32 @@ fn doctor(args: &Args) -> u8 {
             &format!("system time {now} is before 2023: evidence times would be wrong; fix NTP"),
         );
     } else {
-        line(
-            "ok",
-            "clock",
-            &format!("{} UTC", now.format("%Y-%m-%d %H:%M:%S")),
-        );
+        match kernel {
+            Ok(n) if n.synced => line(
+                "ok",
+                "clock",
+                &format!(
+                    "{} UTC, synchronised by NTP (kernel maxerror {} ms, esterror {} ms)",
+                    now.format("%Y-%m-%d %H:%M:%S"),
+                    n.maxerror_us / 1000,
+                    n.esterror_us / 1000
+                ),
+            ),
+            Ok(n) => line(
+                "warn",
+                "clock",
+                &format!(
+                    "{} UTC, but the kernel says the clock is NOT synchronised (adjtimex: STA_UNSYNC, maxerror {} ms): no time daemon disciplines it, so evidence times cannot be vouched for; set up NTP (chrony or systemd-timesyncd)",
+                    now.format("%Y-%m-%d %H:%M:%S"),
+                    n.maxerror_us / 1000
+                ),
+            ),
+            Err(e) => line(
+                "fail",
+                "clock",
+                &format!("reading the kernel clock state (adjtimex): {e}"),
+            ),
+        }
     }
     match args.client().call("GET", "/v1/doctor", None) {
         Ok(v) => {

@@ -63,6 +63,49 @@ pub fn status(v: &Value) -> String {
     if let Some(k) = v.get("public_key") {
         let _ = writeln!(o, "device key  {}", s(k));
     }
+    let c = &v["clock"];
+    if c.is_object() {
+        let state = if c["synced"].as_bool().unwrap_or(false) {
+            format!(
+                "synchronised, error bound {:.1} ms",
+                c["error_bound_ms"].as_f64().unwrap_or(0.0)
+            )
+        } else {
+            format!(
+                "NOT synchronised (maxerror {:.0} ms){}",
+                c["maxerror_ms"].as_f64().unwrap_or(0.0),
+                c["unsynchronised_since"]
+                    .as_str()
+                    .map(|t| format!(" since {}", local_time(t)))
+                    .unwrap_or_default()
+            )
+        };
+        let _ = writeln!(o, "clock       {state}");
+        if let Some(st) = c["last_step"].as_object() {
+            let _ = writeln!(
+                o,
+                "last step   {:+.3} s at {} ({})",
+                st["size_ms"].as_i64().unwrap_or(0) as f64 / 1000.0,
+                local_time(st["at"].as_str().unwrap_or("")),
+                st["cause"].as_str().unwrap_or("")
+            );
+        }
+        let z = &c["zone"];
+        let _ = writeln!(
+            o,
+            "time zone   {} UTC{}{}",
+            s(&z["name"]),
+            s(&z["utc_offset"]),
+            z["next_change"]
+                .as_object()
+                .map(|n| format!(
+                    ", changes to UTC{} at {}",
+                    n["utc_offset"].as_str().unwrap_or(""),
+                    local_time(n["at"].as_str().unwrap_or(""))
+                ))
+                .unwrap_or_default()
+        );
+    }
     let cams = v["cameras"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(o, "cameras     {}", cams.len());
     for c in cams {
@@ -81,7 +124,7 @@ pub fn cameras(v: &Value) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "{:<10} {:<11} {:<9} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>7} {:>9}  last error",
+        "{:<10} {:<11} {:<9} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>7} {:>9} {:>9}  last error",
         "CAMERA",
         "STATE",
         "INGEST",
@@ -92,7 +135,8 @@ pub fn cameras(v: &Value) -> String {
         "LAST",
         "RECON",
         "DROPPED",
-        "RETAINED"
+        "RETAINED",
+        "CLOCK"
     );
     for c in v["cameras"].as_array().into_iter().flatten() {
         let size = match (c["width"].as_u64(), c["height"].as_u64()) {
@@ -107,9 +151,24 @@ pub fn cameras(v: &Value) -> String {
             .as_f64()
             .map(|d| format!("{d:.2}d"))
             .unwrap_or("-".into());
+        // The camera's own clock against the box's (RTCP sender reports); `!` when off.
+        let clock = c["clock_offset_ms"]
+            .as_i64()
+            .map(|ms| {
+                format!(
+                    "{:+.2}s{}",
+                    ms as f64 / 1000.0,
+                    if c["clock_off"].as_bool().unwrap_or(false) {
+                        "!"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .unwrap_or("-".into());
         let _ = writeln!(
             o,
-            "{:<10} {:<11} {:<9} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>7} {:>9}  {}",
+            "{:<10} {:<11} {:<9} {:<5} {:>9} {:>5} {:>7} {:>8} {:>5} {:>7} {:>9} {:>9}  {}",
             s(&c["id"]),
             s(&c["state"]),
             s(&c["ingest"]),
@@ -121,6 +180,7 @@ pub fn cameras(v: &Value) -> String {
             s(&c["reconnects"]),
             s(&c["frames_dropped"]),
             kept,
+            clock,
             c["last_error"].as_str().unwrap_or("")
         );
         let d = &c["detect"];
@@ -232,6 +292,23 @@ pub fn events(v: &Value) -> String {
             },
             s(&e["id"])
         );
+        let t = &e["time"];
+        let clock = match t["synced"].as_bool() {
+            Some(false) => "on an UNSYNCHRONISED box clock",
+            _ => "on the synchronised box clock",
+        };
+        match t["recorded_at"].as_str() {
+            Some(r) => {
+                let _ = writeln!(
+                    o,
+                    "    time {clock}; corrected by a clock step (recorded as {r})"
+                );
+            }
+            None if t["synced"] == false => {
+                let _ = writeln!(o, "    time {clock}");
+            }
+            None => {}
+        }
         for c in e["clips"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 o,
@@ -375,6 +452,43 @@ pub fn receipt(path: &std::path::Path, r: &storeguard_proto::receipt::ReceiptRep
     )
 }
 
+/// The signed time quality of a clip, for `evidence verify`.
+pub fn time_quality(t: Option<&storeguard_proto::manifest::TimeQuality>) -> String {
+    let mut o = String::new();
+    let Some(t) = t else {
+        o.push_str("    time       not stated (sealed before storeguard recorded time quality)\n");
+        return o;
+    };
+    let source = match t.source.as_str() {
+        "box_ntp" => "the box clock, synchronised by NTP",
+        "camera_rtcp" => {
+            "the camera's own clock (RTCP sender reports), agreeing with the box clock"
+        }
+        "box_unsynchronised" => "arrival time on a box clock that was NOT synchronised",
+        other => other,
+    };
+    let bound = match t.error_bound_ms {
+        Some(ms) => format!("within ±{ms} ms"),
+        None => "error unbounded".to_string(),
+    };
+    let _ = writeln!(o, "    time       {source}; {bound}");
+    if t.corrections.is_empty() {
+        let _ = writeln!(o, "    correction none");
+    }
+    for c in &t.corrections {
+        let _ = writeln!(
+            o,
+            "    correction {:+.3} s at {} ({}): recorded times on the clock before it ({}) moved onto the clock after ({})",
+            c.step_ms as f64 / 1000.0,
+            c.at,
+            c.cause,
+            c.before,
+            c.after
+        );
+    }
+    o
+}
+
 pub fn verified(clip: &std::path::Path, r: &storeguard::evidence::VerifyReport) -> String {
     let m = &r.manifest;
     let t =
@@ -416,6 +530,7 @@ pub fn verified(clip: &std::path::Path, r: &storeguard::evidence::VerifyReport) 
         t(&m.requested.from),
         t(&m.requested.to)
     );
+    o.push_str(&time_quality(m.time.as_ref()));
     for g in &m.gaps {
         let _ = writeln!(
             o,

@@ -137,6 +137,7 @@ async fn reload_inner(st: &Arc<State>) -> Result<ReloadOutcome, CmdError> {
     })
     .await?;
     st.recorder.reconfigure(&new.config);
+    st.time.reconfigure(&new.config);
     st.cameras.apply(&new.config);
     if differs(&old.config.buttons, &new.config.buttons) {
         // Buttons are few and cheap to reopen; restart them all on any change.

@@ -55,6 +55,8 @@ fn checks(s: &State) -> Vec<Check> {
         ),
         Err(e) => add("fail", "database", e.to_string()),
     }
+    let (status, detail) = crate::timekeep::doctor_line(&s.time.status());
+    add(status, "clock", detail);
     let ring = s.recorder.ring_status();
     let free_pct = if ring.fs_total_bytes > 0 {
         ring.fs_free_bytes as f64 * 100.0 / ring.fs_total_bytes as f64

@@ -63,7 +63,7 @@ impl Events {
                     let receipt = receipt(&p.receipt, &p.receipt_key, p.acked_ns);
                     json!({ "id": p.uid, "state": p.state, "path": p.path, "bytes": p.bytes, "sha256": p.sha256, "request_id": p.request_id, "receipt": receipt })
                 }).collect();
-                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc_ms(e.at_ns), "test": e.test, "detail": e.detail, "clips": clips, "packages": packages }));
+                out.push(json!({ "id": e.uid, "kind": e.kind, "source": e.source, "at": utc_ms(e.at_ns), "test": e.test, "time": e.time, "detail": e.detail, "clips": clips, "packages": packages }));
             }
             Ok(Reply::Json(json!({ "events": out })))
         })

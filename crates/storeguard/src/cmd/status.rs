@@ -53,6 +53,7 @@ impl Status {
             "key_id": st.incidents.key.key_id(),
             "buttons": st.buttons().status(),
             "uplink": uplink,
+            "clock": crate::timekeep::status_json(&st.time.status()),
         })))
     }
 }

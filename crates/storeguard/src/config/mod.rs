@@ -155,6 +155,13 @@ pub struct Health {
     /// reach it at its bitrate raises a health event.
     #[serde(default = "default_retention_days")]
     pub retention_target_days: u32,
+    /// A box clock unsynchronised (no NTP) for longer than this raises a health event.
+    #[serde(default = "default_unsynced_alert")]
+    pub clock_unsynchronised_alert_after: Dur,
+    /// A camera whose own clock (RTCP sender reports, also its picture overlay) is
+    /// further than this from the synchronised box clock raises a health event.
+    #[serde(default = "default_camera_clock_tolerance")]
+    pub camera_clock_tolerance: Dur,
 }
 
 impl Default for Health {
@@ -164,6 +171,8 @@ impl Default for Health {
             offline_alert_after: default_offline_alert(),
             max_reconnect_backoff: default_max_backoff(),
             retention_target_days: default_retention_days(),
+            clock_unsynchronised_alert_after: default_unsynced_alert(),
+            camera_clock_tolerance: default_camera_clock_tolerance(),
         }
     }
 }
@@ -293,6 +302,12 @@ fn default_stall() -> Dur {
 }
 fn default_offline_alert() -> Dur {
     Dur::secs(60)
+}
+fn default_unsynced_alert() -> Dur {
+    Dur::secs(3600)
+}
+fn default_camera_clock_tolerance() -> Dur {
+    Dur::secs(2)
 }
 fn default_max_backoff() -> Dur {
     Dur::secs(30)
@@ -526,6 +541,18 @@ impl Config {
             self.health.stall_timeout,
             Dur::secs(1),
             Dur::secs(300),
+        );
+        v.range(
+            "health.clock_unsynchronised_alert_after",
+            self.health.clock_unsynchronised_alert_after,
+            Dur::secs(1),
+            Dur::secs(30 * 86_400),
+        );
+        v.range(
+            "health.camera_clock_tolerance",
+            self.health.camera_clock_tolerance,
+            Dur::millis(100),
+            Dur::secs(3600),
         );
         v.range(
             "health.max_reconnect_backoff",

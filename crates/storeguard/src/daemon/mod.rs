@@ -21,7 +21,6 @@ use crate::state::{State, notify};
 use crate::store::Store;
 use crate::uplink::{Uplink, UplinkError, UplinkHandle};
 use anyhow::{Context, Result};
-use chrono::Utc;
 use sd_notify::NotifyState;
 use serde_json::json;
 use std::path::Path;
@@ -90,6 +89,16 @@ async fn run_async(
     };
 
     camera::init_gstreamer().map_err(|e| coded(exit::SOFTWARE, format!("{e:#}")))?;
+    // Before the recorder: a step while storeguard was down is corrected before any
+    // writer reads where its camera stopped.
+    let time_store = store.clone();
+    let time_cfg = cfg.clone();
+    let time = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            crate::timekeep::TimeKeeper::start(time_store, &time_cfg)
+        })
+        .await??,
+    );
     let rec_store = store.clone();
     let rec_cfg = cfg.clone();
     let recorder =
@@ -137,9 +146,10 @@ async fn run_async(
         detection: std::sync::Mutex::new(None),
         detect_out,
         started: Instant::now(),
-        started_utc: Utc::now(),
+        started_utc: chrono::DateTime::from_timestamp_nanos(storeguard_base::now_ns()),
         config: RwLock::new(loaded),
         store,
+        time,
         shutdown,
         reloading: tokio::sync::Mutex::new(()),
     });
@@ -235,6 +245,7 @@ async fn run_async(
             st.buttons().shutdown();
             st.cameras.shutdown();
             st.recorder.shutdown();
+            st.time.shutdown();
         })
         .await;
     })

@@ -3,7 +3,8 @@
 //! a signed manifest. Gaps inside the window are stated in the manifest.
 
 use super::manifest::{
-    Actual, CameraRef, EventKind, EventRef, FileRef, Gap, Manifest, Requested, SCHEMA, Software,
+    Actual, CameraRef, Correction, EventKind, EventRef, FileRef, Gap, Manifest, Requested, SCHEMA,
+    Software, TimeQuality,
 };
 use super::mp4::{TimeText, TsSlice, remux_ts_to_mp4_timed};
 use crate::config::Site;
@@ -117,6 +118,7 @@ pub fn cut(
                 path: store.data_dir().join(&seg.path),
                 start,
                 end: Some(end),
+                shift_ns: seg.time_shift_ns,
             });
             codec_hint.get_or_insert(seg.codec.clone());
         }
@@ -158,6 +160,7 @@ pub fn cut(
         })
         .filter(|g| g.to > g.from)
         .collect();
+    let time = footage_time(store, spec.camera_id, first_ns, last_ns.max(first_ns + 1))?;
     let mut m = Manifest {
         schema: SCHEMA.to_string(),
         site_id: site.site_id.clone(),
@@ -180,8 +183,9 @@ pub fn cut(
         height: info.height,
         file: FileRef::from_path(&path)?,
         gaps,
+        time: Some(time),
         software: Software::this(),
-        created_at: Utc::now(),
+        created_at: utc(storeguard_base::now_ns()),
         signature: None,
     };
     m.sign(key);
@@ -191,6 +195,31 @@ pub fn cut(
         path,
         manifest_path,
         manifest: m,
+    })
+}
+
+/// The time quality of a camera's footage over a clip, for its manifest.
+pub fn footage_time(
+    store: &Store,
+    camera: &str,
+    from_ns: i64,
+    to_ns: i64,
+) -> Result<TimeQuality, ClipError> {
+    let t = store.footage_time(camera, from_ns, to_ns)?;
+    Ok(TimeQuality {
+        source: t.source.to_string(),
+        error_bound_ms: t.error_ns.map(|e| (e + 999_999) / 1_000_000),
+        corrections: t
+            .corrections
+            .iter()
+            .map(|s| Correction {
+                at: utc_ms(s.at_ns),
+                before: utc_ms(s.before_ns),
+                after: utc_ms(s.after_ns),
+                step_ms: s.size_ns / 1_000_000,
+                cause: s.cause.clone(),
+            })
+            .collect(),
     })
 }
 

@@ -144,6 +144,7 @@ impl Incidents {
             at_ns: t.at_ns,
             test: t.test,
             detail: t.detail,
+            time: None,
         };
         let shots: Vec<Vec<u8>> = t
             .shots

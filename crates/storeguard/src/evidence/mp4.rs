@@ -47,6 +47,9 @@ pub struct TsSlice {
     pub path: PathBuf,
     pub start: u64,
     pub end: Option<u64>,
+    /// Added to the slice's timestamps: the correction a clock step applied to the
+    /// segment's times in the index (its file keeps the times as recorded).
+    pub shift_ns: i64,
 }
 
 /// Video codec of a clip.
@@ -747,6 +750,8 @@ struct Pes {
     discont: bool,
     /// The adaptation field flagged a random access point (keyframe).
     random_access: bool,
+    /// Ticks added to its timestamps (its slice's `shift_ns`).
+    shift: u64,
 }
 
 /// Maps 33-bit source DTS/PTS onto the MP4 timeline (90 kHz ticks, first DTS at 0).
@@ -833,6 +838,8 @@ struct Demuxer {
     last_offset: u64,
     /// First offset and count of lost/errored packets in the current slice.
     damage: Option<(u64, u32)>,
+    /// The current slice's `shift_ns` in 90 kHz ticks, modulo 2^33.
+    shift_ticks: u64,
 }
 
 impl Demuxer {
@@ -855,6 +862,7 @@ impl Demuxer {
             pushed: 0,
             last_offset: 0,
             damage: None,
+            shift_ticks: 0,
         }
     }
 
@@ -888,6 +896,7 @@ impl Demuxer {
             }
             self.program = program;
         }
+        self.shift_ticks = crate::recording::writer::utc_to_90k(slice.shift_ns);
         let mut f = File::open(path).map_err(|e| io_err(0, e))?;
         let len = f.metadata().map_err(|e| io_err(0, e))?.len();
         let end = slice.end.unwrap_or(len);
@@ -977,6 +986,7 @@ impl Demuxer {
                 offset,
                 discont: false,
                 random_access: pkt[3] & 0x20 != 0 && pkt[4] > 0 && pkt[5] & 0x40 != 0,
+                shift: self.shift_ticks,
             });
         }
         // Payload before the first PES start in a slice belongs to a frame we do not have.
@@ -1022,8 +1032,17 @@ impl Demuxer {
         let flags = d[7] >> 6;
         let ts_at =
             |i: usize| -> Option<u64> { Some(parse_timestamp(d.get(i..i + 5)?.try_into().ok()?)) };
-        let pts = if flags & 2 != 0 { ts_at(9) } else { None };
-        let dts = if flags == 3 { ts_at(14) } else { pts };
+        let shifted = |t: u64| t.wrapping_add(pes.shift) & PTS_MASK;
+        let pts = if flags & 2 != 0 {
+            ts_at(9).map(shifted)
+        } else {
+            None
+        };
+        let dts = if flags == 3 {
+            ts_at(14).map(shifted)
+        } else {
+            pts
+        };
         let (out_pts, out_dts) = match (pts, dts) {
             (Some(p), Some(dt)) => {
                 let (op, od, kind) = self.timeline.place(p, dt);

@@ -96,6 +96,9 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
                     time_source: "recovered",
                     state: STATE_RECOVERED,
                     new_keyframes: kfs,
+                    clock_epoch: 0,
+                    time_synced: false,
+                    time_error_ns: None,
                 };
                 store.commit_sync(&[p], &[])?;
                 report.orphans_indexed.push(rel);

@@ -353,6 +353,9 @@ mod tests {
             time_source: "arrival",
             state,
             new_keyframes: vec![],
+            clock_epoch: 0,
+            time_synced: false,
+            time_error_ns: None,
         }
     }
 

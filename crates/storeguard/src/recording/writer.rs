@@ -56,6 +56,9 @@ const GAP_THRESHOLD_NS: i64 = 2_000_000_000;
 const DEFAULT_FRAME_NS: i64 = 66_666_667;
 /// Buffers this close together are parts of one frame (no camera runs at 500 fps).
 const SAME_FRAME_NS: i64 = 2_000_000;
+/// A camera's own clock is trusted only this close to the box clock (the ingests'
+/// `MAX_CAMERA_SKEW_NS`): the most its times can add to the box clock's error.
+const CAMERA_AGREEMENT_NS: i64 = 2_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -73,6 +76,8 @@ struct Open {
     params: Option<Vec<u8>>,
     format: StreamFormat,
     new_keyframes: Vec<(i64, u64)>,
+    /// The box clock epoch its times are on: one per segment (docs/time.md).
+    epoch: i64,
     /// Extent at the last checkpoint that flushed cleanly: what is known to be in the
     /// file, whole frames only. A later failed write cuts the segment back to it.
     flushed: Extent,
@@ -98,6 +103,9 @@ pub struct SegmentWriter {
     ts: Option<TsWriter>,
     format: Option<StreamFormat>,
     time_source: &'static str,
+    /// The box clock epoch the camera's time line is on now (0: on the camera's own
+    /// clock, which no box step moves). Segments and gaps carry it.
+    epoch: i64,
     cur: Option<Open>,
     closed: Vec<(SegmentProgress, File)>,
     gaps: Vec<GapChange>,
@@ -143,6 +151,7 @@ impl SegmentWriter {
             ts: None,
             format: None,
             time_source: "arrival",
+            epoch: storeguard_base::clock::box_clock().epoch,
             cur: None,
             closed: Vec::new(),
             gaps: Vec::new(),
@@ -175,6 +184,24 @@ impl SegmentWriter {
         self.time_source = s;
     }
 
+    /// The camera's time line moved to another box clock epoch (the clock stepped), by
+    /// `delta_ns`: frames from here on are on the new clock. The next keyframe (this
+    /// one, normally) starts a new segment, and the time already written counts as
+    /// moved too, so the step is neither a gap nor a jump back.
+    pub fn rebase(&mut self, epoch: i64, delta_ns: i64) {
+        if epoch == self.epoch && delta_ns == 0 {
+            return;
+        }
+        if let Err(e) = self.flush_pending() {
+            tracing::warn!(camera = %self.camera, error = %e, "writing the last frame failed");
+        }
+        self.epoch = epoch;
+        if delta_ns != 0 {
+            self.last_end_ns = self.last_end_ns.map(|t| t + delta_ns);
+            self.last_dts_ns = self.last_dts_ns.map(|t| t + delta_ns);
+        }
+    }
+
     /// The stream (re)started with this format. A change of codec or size starts a new
     /// segment at the next keyframe, so every segment has one set of codec parameters.
     pub fn set_format(&mut self, f: StreamFormat) {
@@ -201,6 +228,7 @@ impl SegmentWriter {
                 camera: self.camera.clone(),
                 start_ns: start,
                 reason: reason.to_string(),
+                epoch: self.epoch,
             });
             self.gap_open = true;
         }
@@ -296,6 +324,7 @@ impl SegmentWriter {
             Some(c) => {
                 f.keyframe
                     && (dts - c.start_ns >= self.segment_len_ns
+                        || c.epoch != self.epoch
                         || c.format != format
                         || (params.is_some() && c.params.is_some() && params != c.params))
             }
@@ -386,6 +415,7 @@ impl SegmentWriter {
                 start_ns: end,
                 end_ns: dts,
                 reason,
+                epoch: self.epoch,
             });
         }
         self.down_reason = None;
@@ -413,6 +443,7 @@ impl SegmentWriter {
             params,
             format,
             new_keyframes: Vec::new(),
+            epoch: self.epoch,
             flushed: Extent {
                 bytes: 0,
                 end_ns: start_ns,
@@ -561,6 +592,7 @@ fn progress(
     state: i64,
     time_source: &'static str,
 ) -> SegmentProgress {
+    let clock = storeguard_base::clock::box_clock();
     SegmentProgress {
         camera: camera.to_string(),
         path: rel.to_string(),
@@ -575,6 +607,16 @@ fn progress(
         time_source,
         state,
         new_keyframes: c.new_keyframes.clone(),
+        clock_epoch: c.epoch,
+        time_synced: clock.synced,
+        // A camera's clock is used only within 2 s of the box clock.
+        time_error_ns: clock.error_ns.map(|e| {
+            if time_source == "ntp" {
+                e + CAMERA_AGREEMENT_NS
+            } else {
+                e
+            }
+        }),
     }
 }
 

@@ -14,6 +14,20 @@ pub struct EventRow {
     pub at_ns: i64,
     pub test: bool,
     pub detail: serde_json::Value,
+    /// The box clock it was timed on (docs/time.md); None for events before v8 and for
+    /// rows being inserted (the store stamps them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<EventTime>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventTime {
+    pub synced: bool,
+    /// ms; None: unbounded (unsynchronised clock).
+    pub error_bound_ms: Option<i64>,
+    /// When a clock step corrected `at_ns`: the time as recorded, and the step.
+    pub recorded_at: Option<String>,
+    pub clock_step: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +60,19 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         at_ns: r.get(4)?,
         test: r.get(5)?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        time: r
+            .get::<_, Option<bool>>(7)?
+            .map(|synced| -> rusqlite::Result<EventTime> {
+                Ok(EventTime {
+                    synced,
+                    error_bound_ms: r
+                        .get::<_, Option<i64>>(8)?
+                        .map(|e| (e + 999_999) / 1_000_000),
+                    recorded_at: r.get::<_, Option<i64>>(9)?.map(storeguard_base::utc_ms),
+                    clock_step: r.get(10)?,
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -108,9 +135,13 @@ impl Store {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
+            // Stamped with the box clock it was timed on, so a later step corrects it.
+            let clock = storeguard_base::clock::box_clock_for_stamp();
             tx.execute(
-                "INSERT INTO event(uid, kind, source, at_ns, test, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![ev.uid, ev.kind, ev.source, ev.at_ns, ev.test, ev.detail.to_string()],
+                "INSERT INTO event(uid, kind, source, at_ns, test, detail, clock_epoch, time_synced, time_error_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![ev.uid, ev.kind, ev.source, ev.at_ns, ev.test, ev.detail.to_string(),
+                    clock.epoch, clock.synced, clock.error_ns],
             )?;
             let event_id = tx.last_insert_rowid();
             let msg = match alert {
@@ -148,7 +179,7 @@ impl Store {
     pub fn events_since(&self, since_ns: i64, limit: usize) -> Result<Vec<EventRow>> {
         let c = self.conn();
         let mut st = self.sq(c.prepare_cached(
-            "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE at_ns >= ?1 ORDER BY at_ns DESC LIMIT ?2",
+            "SELECT id, uid, kind, source, at_ns, test, detail, time_synced, time_error_ns, recorded_at_ns, clock_step FROM event WHERE at_ns >= ?1 ORDER BY at_ns DESC LIMIT ?2",
         ))?;
         let rows = st
             .query_map(params![since_ns, limit as i64], event_row)
@@ -237,7 +268,7 @@ impl Store {
         let c = self.conn();
         self.sq(c
             .query_row(
-                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE id = ?1",
+                "SELECT id, uid, kind, source, at_ns, test, detail, time_synced, time_error_ns, recorded_at_ns, clock_step FROM event WHERE id = ?1",
                 [id],
                 event_row,
             )
@@ -248,7 +279,7 @@ impl Store {
         let c = self.conn();
         self.sq(c
             .query_row(
-                "SELECT id, uid, kind, source, at_ns, test, detail FROM event WHERE uid = ?1",
+                "SELECT id, uid, kind, source, at_ns, test, detail, time_synced, time_error_ns, recorded_at_ns, clock_step FROM event WHERE uid = ?1",
                 [uid],
                 event_row,
             )

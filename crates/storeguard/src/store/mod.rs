@@ -4,6 +4,7 @@
 //! database or lays out files itself. See docs/persistence.md for the schema, time
 //! representation and crash-safety rules.
 
+pub mod clock;
 pub mod events;
 pub mod outbox;
 pub mod package;
@@ -72,8 +73,16 @@ struct Inner {
     conn: Mutex<Connection>,
     /// The outbox limits from `[uplink]`, for every producer (see `outbox::Limits`).
     limits: Mutex<outbox::Limits>,
+    /// Every recorded clock step's correction, by the epoch it ends: rows of an old
+    /// epoch committed after its step are corrected as they are committed.
+    fixes: Mutex<clock::Fixes>,
     _lock: File,
 }
+
+/// How late a step can be seen after it happened (the time keeper polls the clock every
+/// 100 ms; frames and events stamped in between are on the new clock already): added to
+/// the error bound of footage a step corrected.
+pub const STEP_UNCERTAINTY_NS: i64 = 100_000_000;
 
 impl Store {
     /// Opens (creating if needed) the data directory and database, taking the
@@ -106,6 +115,7 @@ impl Store {
                 db_path: db_path.clone(),
                 conn: Mutex::new(conn),
                 limits: Mutex::new(outbox::Limits::default()),
+                fixes: Mutex::new(clock::Fixes::default()),
                 _lock: lock,
             }),
         };
@@ -151,7 +161,15 @@ impl Store {
                 known: SCHEMA_VERSION,
             },
             schema::MigrateError::Sql(e) => classify(&path, e),
-        })
+        })?;
+        let fixes = clock::Fixes::load(&c).map_err(|e| classify(&path, e))?;
+        drop(c);
+        *self.fixes() = fixes;
+        Ok(())
+    }
+
+    pub(crate) fn fixes(&self) -> MutexGuard<'_, clock::Fixes> {
+        self.inner.fixes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The outbox limits every producer enqueues under; the daemon sets them from

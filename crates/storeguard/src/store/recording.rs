@@ -25,6 +25,12 @@ pub struct SegmentProgress {
     pub state: i64,
     /// Keyframes written since the previous sync: (utc_ns, byte offset).
     pub new_keyframes: Vec<(i64, u64)>,
+    /// The box clock's epoch its times are on (docs/time.md).
+    pub clock_epoch: i64,
+    /// The box clock was synchronised at this sync (a segment keeps the worst).
+    pub time_synced: bool,
+    /// The error bound of its times now; None: unbounded.
+    pub time_error_ns: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +39,8 @@ pub enum GapChange {
         camera: String,
         start_ns: i64,
         reason: String,
+        /// The box clock epoch of its start, 0 when it is on a camera's clock.
+        epoch: i64,
     },
     /// Closes the camera's open gap, if any, at `end_ns`.
     Close { camera: String, end_ns: i64 },
@@ -42,6 +50,7 @@ pub enum GapChange {
         start_ns: i64,
         end_ns: i64,
         reason: String,
+        epoch: i64,
     },
 }
 
@@ -58,6 +67,8 @@ pub struct SegmentRow {
     pub width: u32,
     pub height: u32,
     pub state: i64,
+    /// How far a clock step moved its times from those in its file (docs/time.md).
+    pub time_shift_ns: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,8 +97,8 @@ pub fn is_disk_full(e: &StoreError) -> bool {
 /// Longer than any segment can be (segment_length is at most 10 min plus a GOP).
 const LOCK_SCAN_SPAN_NS: i64 = 3_600_000_000_000;
 
-const SEGMENT_COLS: &str =
-    "id, camera, path, start_ns, end_ns, bytes, frames, codec, width, height, state";
+const SEGMENT_COLS: &str = "id, camera, path, start_ns, end_ns, bytes, frames, codec, width, height, state, \
+     coalesce(start_ns - recorded_start_ns, 0)";
 
 fn segment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
     Ok(SegmentRow {
@@ -102,6 +113,7 @@ fn segment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
         width: r.get(8)?,
         height: r.get(9)?,
         state: r.get(10)?,
+        time_shift_ns: r.get(11)?,
     })
 }
 
@@ -111,26 +123,44 @@ impl Store {
     /// Callers must have synced the media files first (data before index). Updates only
     /// ever grow a segment, so two overlapping rounds can commit in either order.
     pub fn commit_sync(&self, segments: &[SegmentProgress], gaps: &[GapChange]) -> Result<()> {
+        // After the connection: a step recorded meanwhile has its fix in place.
         let mut c = self.conn();
+        let fixes = self.fixes().clone();
         let r = (|| {
             let tx = c.transaction()?;
             {
                 let mut up = tx.prepare_cached(
-                    "INSERT INTO segment(camera, path, start_ns, end_ns, bytes, frames, codec, width, height, params, time_source, state)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                    "INSERT INTO segment(camera, path, start_ns, end_ns, bytes, frames, codec, width, height, params, time_source, state,
+                        clock_epoch, time_synced, time_error_ns, clock_step, recorded_start_ns, recorded_end_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                      ON CONFLICT(path) DO UPDATE SET end_ns=max(end_ns, excluded.end_ns), bytes=max(bytes, excluded.bytes),
                         frames=max(frames, excluded.frames), state=max(state, excluded.state),
-                        params=coalesce(params, excluded.params)",
+                        params=coalesce(params, excluded.params),
+                        time_source=excluded.time_source,
+                        time_synced=min(coalesce(time_synced, 1), excluded.time_synced),
+                        time_error_ns=CASE WHEN time_error_ns IS NULL OR excluded.time_error_ns IS NULL THEN NULL
+                                           ELSE max(time_error_ns, excluded.time_error_ns) END,
+                        recorded_end_ns=CASE WHEN excluded.recorded_end_ns IS NULL THEN recorded_end_ns
+                                             ELSE max(coalesce(recorded_end_ns, excluded.recorded_end_ns), excluded.recorded_end_ns) END",
                 )?;
                 let mut kf = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset) SELECT id, ?2, ?3 FROM segment WHERE path = ?1",
+                    "INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset, recorded_utc_ns) SELECT id, ?2, ?3, ?4 FROM segment WHERE path = ?1",
                 )?;
                 for s in segments {
+                    // Recorded on a clock that has stepped since: corrected as committed.
+                    // Epoch 0: on the camera's clock, which no box step moves.
+                    let chain = fixes.chain(s.clock_epoch);
+                    let fix = |t: i64| chain.iter().fold(t, |t, f| f.apply(t));
+                    let (epoch, step) = match chain.last() {
+                        Some(f) => (f.epoch_after, Some(f.step)),
+                        None => (s.clock_epoch, None),
+                    };
+                    let orig = |t: i64| step.map(|_| t);
                     up.execute(params![
                         s.camera,
                         s.path,
-                        s.start_ns,
-                        s.end_ns,
+                        fix(s.start_ns),
+                        fix(s.end_ns),
                         s.bytes as i64,
                         s.frames as i64,
                         s.codec,
@@ -138,22 +168,35 @@ impl Store {
                         s.height,
                         s.params,
                         s.time_source,
-                        s.state
+                        s.state,
+                        epoch,
+                        s.time_synced,
+                        s.time_error_ns,
+                        step,
+                        orig(s.start_ns),
+                        orig(s.end_ns),
                     ])?;
                     for (utc, off) in &s.new_keyframes {
-                        kf.execute(params![s.path, utc, *off as i64])?;
+                        kf.execute(params![s.path, fix(*utc), *off as i64, orig(*utc)])?;
                     }
                 }
                 for g in gaps {
+                    let corrected = |epoch: i64, t: i64| {
+                        let chain = fixes.chain(epoch);
+                        let e = chain.last().map_or(epoch, |f| f.epoch_after);
+                        (e, chain.iter().fold(t, |t, f| f.apply(t)))
+                    };
                     match g {
                         GapChange::Open {
                             camera,
                             start_ns,
                             reason,
+                            epoch,
                         } => {
+                            let (e, start) = corrected(*epoch, *start_ns);
                             tx.execute(
-                                "INSERT INTO gap(camera, start_ns, end_ns, reason) VALUES (?1, ?2, NULL, ?3)",
-                                params![camera, start_ns, reason],
+                                "INSERT INTO gap(camera, start_ns, end_ns, reason, clock_epoch) VALUES (?1, ?2, NULL, ?3, ?4)",
+                                params![camera, start, reason, e],
                             )?;
                         }
                         GapChange::Close { camera, end_ns } => {
@@ -167,10 +210,13 @@ impl Store {
                             start_ns,
                             end_ns,
                             reason,
+                            epoch,
                         } => {
+                            let (e, start) = corrected(*epoch, *start_ns);
+                            let (_, end) = corrected(*epoch, *end_ns);
                             tx.execute(
-                                "INSERT INTO gap(camera, start_ns, end_ns, reason) VALUES (?1, ?2, ?3, ?4)",
-                                params![camera, start_ns, end_ns, reason],
+                                "INSERT INTO gap(camera, start_ns, end_ns, reason, clock_epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                params![camera, start, end, reason, e],
                             )?;
                         }
                     }
@@ -419,14 +465,23 @@ impl Store {
         let mut c = self.conn();
         let r = (|| {
             let tx = c.transaction()?;
+            // The file holds the times as recorded; a segment a clock step corrected
+            // since is moved by its correction (docs/time.md).
+            let shift: i64 = tx.query_row(
+                "SELECT coalesce(start_ns - recorded_start_ns, 0) FROM segment WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
             tx.execute(
-                "UPDATE segment SET end_ns = max(end_ns, ?2), bytes = max(bytes, ?3), frames = max(frames, ?4), state = ?5 WHERE id = ?1",
-                params![id, end_ns, bytes as i64, frames as i64, STATE_RECOVERED],
+                "UPDATE segment SET end_ns = max(end_ns, ?2), bytes = max(bytes, ?3), frames = max(frames, ?4), state = ?5,
+                    recorded_end_ns = CASE WHEN recorded_end_ns IS NULL THEN NULL ELSE max(recorded_end_ns, ?6) END
+                 WHERE id = ?1",
+                params![id, end_ns + shift, bytes as i64, frames as i64, STATE_RECOVERED, end_ns],
             )?;
             for (utc, off) in keyframes {
                 tx.execute(
-                    "INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset) VALUES (?1, ?2, ?3)",
-                    params![id, utc, *off as i64],
+                    "INSERT OR IGNORE INTO keyframe(segment, utc_ns, offset, recorded_utc_ns) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, utc + shift, *off as i64, (shift != 0).then_some(*utc)],
                 )?;
             }
             tx.commit()

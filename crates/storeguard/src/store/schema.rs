@@ -163,6 +163,47 @@ const MIGRATIONS: &[&str] = &[
         receipt_key TEXT
      ) STRICT;
      CREATE INDEX package_by_event ON package(event);",
+    // 8: trustworthy time (docs/time.md). An epoch is one time base of the box clock
+    // between two steps; rows say which epoch and clock quality they were stamped in; a
+    // step corrects its epoch's rows and keeps their recorded values.
+    "CREATE TABLE clock_epoch (
+        id INTEGER PRIMARY KEY,
+        boot_id TEXT NOT NULL,          -- /proc/sys/kernel/random/boot_id
+        base_ns INTEGER NOT NULL,       -- CLOCK_REALTIME - CLOCK_MONOTONIC at its start
+        started_ns INTEGER NOT NULL,
+        synced_until_ns INTEGER         -- last time the clock was synchronised in it
+     ) STRICT;
+     CREATE TABLE clock_step (
+        id INTEGER PRIMARY KEY,
+        at_ns INTEGER NOT NULL,         -- when it was seen, on the new clock
+        before_ns INTEGER NOT NULL,     -- the clock just before (old time base)
+        after_ns INTEGER NOT NULL,      -- the clock just after
+        size_ns INTEGER NOT NULL,
+        cause TEXT NOT NULL,
+        epoch_before INTEGER NOT NULL REFERENCES clock_epoch(id),
+        epoch_after INTEGER NOT NULL REFERENCES clock_epoch(id),
+        synced_until_ns INTEGER,        -- the old epoch's last synchronised moment
+        synced_after INTEGER NOT NULL,
+        error_after_ns INTEGER,         -- error bound just after (NULL: unsynchronised)
+        corrected TEXT NOT NULL         -- JSON: rows corrected per table
+     ) STRICT;
+     ALTER TABLE segment ADD COLUMN clock_epoch INTEGER;
+     ALTER TABLE segment ADD COLUMN time_synced INTEGER;
+     ALTER TABLE segment ADD COLUMN time_error_ns INTEGER;
+     ALTER TABLE segment ADD COLUMN clock_step INTEGER;
+     ALTER TABLE segment ADD COLUMN recorded_start_ns INTEGER;
+     ALTER TABLE segment ADD COLUMN recorded_end_ns INTEGER;
+     CREATE INDEX segment_by_epoch ON segment(clock_epoch, start_ns);
+     ALTER TABLE keyframe ADD COLUMN recorded_utc_ns INTEGER;
+     ALTER TABLE gap ADD COLUMN clock_epoch INTEGER;
+     ALTER TABLE gap ADD COLUMN clock_step INTEGER;
+     ALTER TABLE gap ADD COLUMN recorded_start_ns INTEGER;
+     ALTER TABLE gap ADD COLUMN recorded_end_ns INTEGER;
+     ALTER TABLE event ADD COLUMN clock_epoch INTEGER;
+     ALTER TABLE event ADD COLUMN time_synced INTEGER;
+     ALTER TABLE event ADD COLUMN time_error_ns INTEGER;
+     ALTER TABLE event ADD COLUMN clock_step INTEGER;
+     ALTER TABLE event ADD COLUMN recorded_at_ns INTEGER;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

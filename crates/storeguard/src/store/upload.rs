@@ -348,6 +348,7 @@ mod tests {
             at_ns: 1,
             test: false,
             detail: serde_json::json!({}),
+            time: None,
         };
         let (event, _) = s
             .record_event(

@@ -102,6 +102,8 @@ pub(crate) struct Link {
     flush_due: Option<Instant>,
     offline_acked: bool,
     next_tick: Instant,
+    /// The box clock as the retained `status` last said it.
+    status_clock: Option<storeguard_proto::topics::StatusClock>,
     last_security_event: Option<Instant>,
     security_suppressed: u64,
 }
@@ -145,6 +147,7 @@ impl Link {
             flush_due: None,
             offline_acked: false,
             next_tick: Instant::now() + TICK,
+            status_clock: None,
             last_security_event: None,
             security_suppressed: 0,
         }
@@ -198,6 +201,14 @@ impl Link {
                     if now >= self.next_tick {
                         self.next_tick = now + TICK;
                         self.housekeeping();
+                        if self.connected
+                            && self.status_clock.is_some_and(|c| {
+                                let n = storeguard_proto::topics::StatusClock::now();
+                                (c.synced, c.epoch) != (n.synced, n.epoch)
+                            })
+                        {
+                            self.publish_status();
+                        }
                     }
                     self.fill();
                 }
@@ -320,7 +331,14 @@ impl Link {
             Ok(None) => {}
             Err(e) => tracing::warn!("uplink: reading the last config report: {e}"),
         }
-        let online = Status::online(&self.s.site, &self.s.device);
+        self.publish_status();
+    }
+
+    /// The retained `status`, online, with the box clock as it is now.
+    fn publish_status(&mut self) {
+        let clock = storeguard_proto::topics::StatusClock::now();
+        self.status_clock = Some(clock);
+        let online = Status::online_with(&self.s.site, &self.s.device, clock);
         self.publish(
             self.status_topic(),
             online,

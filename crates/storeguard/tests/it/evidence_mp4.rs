@@ -131,6 +131,7 @@ fn keyframe_offsets(path: &Path) -> Vec<u64> {
 
 fn slice(path: &Path, start: u64, end: Option<u64>) -> TsSlice {
     TsSlice {
+        shift_ns: 0,
         path: path.to_path_buf(),
         start,
         end,
@@ -451,6 +452,7 @@ fn manifest_for(clip: &Path, info: &Mp4Info) -> Manifest {
             to: first + chrono::Duration::seconds(4),
             reason: "camera offline".into(),
         }],
+        time: None,
         software: Software::this(),
         created_at: t0 + chrono::Duration::seconds(40),
         signature: None,

@@ -15,5 +15,6 @@ mod package;
 mod recording;
 mod remote;
 mod systemd_notify;
+mod time;
 mod ts_writer;
 mod uplink;

@@ -250,6 +250,7 @@ impl Device {
             at_ns: topics::now_ns(),
             test: false,
             detail: serde_json::json!({ "n": n }),
+            time: None,
         }
     }
 
@@ -337,6 +338,7 @@ impl Device {
             height: 720,
             file: file.clone(),
             gaps: vec![],
+            time: None,
             software: Software::this(),
             created_at: t,
             signature: None,
@@ -1478,3 +1480,43 @@ fn daemon_telemetry_obeys_the_configured_outbox_limits() {
 }
 
 mod receipts;
+
+#[test]
+fn the_status_topic_carries_the_box_clock_and_follows_it() {
+    use storeguard_base::clock::{BoxClock, publish};
+    let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+    let dev = Device::new("box-clock", &format!("broker = \"{}\"", broker.url()));
+    // What the time keeper would publish: unsynchronised, in some epoch. (This test
+    // process has no time keeper; other in-process tests only see their status follow.)
+    let unsynced = BoxClock {
+        epoch: 41,
+        base_ns: 0,
+        synced: false,
+        error_ns: None,
+        offset_ns: 0,
+    };
+    publish(unsynced);
+    let up = dev.start();
+    let topic = format!("storeguard/v1/{SITE}/box-clock/status");
+    let mut last = String::new();
+    wait_until(20, "online with the clock", || {
+        last = retained(broker.port(), &topic);
+        last.contains("\"epoch\":41")
+    });
+    assert!(
+        last.contains(r#""clock":{"synced":false,"error_bound_ms":null,"epoch":41}"#),
+        "{last}"
+    );
+    // NTP arrives (a step: a new epoch): the retained status follows.
+    publish(BoxClock {
+        epoch: 42,
+        synced: true,
+        error_ns: Some(20_000_000),
+        ..unsynced
+    });
+    wait_until(20, "the status republished", || {
+        last = retained(broker.port(), &topic);
+        last.contains(r#""clock":{"synced":true,"error_bound_ms":20,"epoch":42}"#)
+    });
+    up.shutdown();
+}
