@@ -8,9 +8,6 @@ use serde_json::json;
 use std::sync::Arc;
 use storeguard_base::now_ns;
 
-/// A plain still instead of best shots must be at most this old.
-const STILL_MAX_AGE_NS: i64 = 10_000_000_000;
-
 pub async fn run(st: Arc<State>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Output>) {
     while let Some(o) = rx.recv().await {
         if let Err(e) = handle(&st, o).await {
@@ -113,24 +110,16 @@ pub async fn today_images(
     let cfg = st.config().config;
     let mut payloads = Vec::new();
     for cam in &cameras {
-        let (shots, still) = match st.detection().as_ref() {
-            Some(d) => (
-                d.shots(cam, from_ns, at_ns),
-                d.still(cam, at_ns - STILL_MAX_AGE_NS),
-            ),
-            None => (Vec::new(), None),
+        let shots: Vec<Shot> = match st.detection().as_ref() {
+            Some(d) => d.shots(cam, from_ns, at_ns),
+            None => Vec::new(),
         };
-        let (reason, chosen): (&str, Vec<Shot>) = if shots.is_empty() {
-            ("still", still.into_iter().collect())
-        } else {
-            ("press", shots)
-        };
-        let mut chosen: Vec<_> = chosen
+        let mut chosen: Vec<_> = shots
             .iter()
-            .map(|s| s.payload(&cfg.site, reason))
+            .map(|s| s.payload(&cfg.site, "press"))
             .collect();
         if chosen.is_empty() {
-            // No detection on this camera: the latest keyframe from the ring.
+            // Nobody tracked (or no detection here): the latest keyframe from the ring.
             let store = st.store.clone();
             let c = cam.clone();
             if let Ok(Ok(s)) = tokio::task::spawn_blocking(move || {

@@ -9,18 +9,65 @@ use gstreamer_app as gst_app;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A decoded picture, packed RGB (3 bytes a pixel, no row padding).
+/// A decoded picture as the decoder gives it, I420 (planes packed, no row padding): motion
+/// and tamper read the luma plane alone, and only the pixels that go to the model or into
+/// a JPEG are ever turned into RGB. Half the memory of RGB, and no full-frame conversion.
 #[derive(Debug, Clone)]
-pub struct Rgb {
+pub struct Picture {
     pub width: u32,
     pub height: u32,
-    pub data: Vec<u8>,
+    pub y: Vec<u8>,
+    /// Chroma planes, `cw()`×`ch()` each.
+    pub u: Vec<u8>,
+    pub v: Vec<u8>,
 }
 
-impl Rgb {
-    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
-        let i = (y as usize * self.width as usize + x as usize) * 3;
-        [self.data[i], self.data[i + 1], self.data[i + 2]]
+impl Picture {
+    pub fn cw(&self) -> usize {
+        (self.width as usize).div_ceil(2)
+    }
+
+    pub fn ch(&self) -> usize {
+        (self.height as usize).div_ceil(2)
+    }
+
+    pub fn luma(&self, x: usize, y: usize) -> u8 {
+        self.y[y * self.width as usize + x]
+    }
+
+    /// RGB of one pixel (BT.601, limited range: what cameras send).
+    pub fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
+        let c = (self.y[y * self.width as usize + x] as i32 - 16).max(0) * 298;
+        let ci = (y / 2) * self.cw() + x / 2;
+        let (d, e) = (self.u[ci] as i32 - 128, self.v[ci] as i32 - 128);
+        let k = |v: i32| ((v + 128) >> 8).clamp(0, 255) as u8;
+        [k(c + 409 * e), k(c - 100 * d - 208 * e), k(c + 516 * d)]
+    }
+
+    /// A test picture from packed RGB (the inverse conversion).
+    pub fn from_rgb(width: u32, height: u32, rgb: &[u8]) -> Picture {
+        let (w, h) = (width as usize, height as usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let mut p = Picture {
+            width,
+            height,
+            y: vec![0; w * h],
+            u: vec![128; cw * ch],
+            v: vec![128; cw * ch],
+        };
+        for yy in 0..h {
+            for xx in 0..w {
+                let i = (yy * w + xx) * 3;
+                let (r, g, b) = (rgb[i] as i32, rgb[i + 1] as i32, rgb[i + 2] as i32);
+                p.y[yy * w + xx] = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16) as u8;
+                if xx % 2 == 0 && yy % 2 == 0 {
+                    let ci = (yy / 2) * cw + xx / 2;
+                    p.u[ci] = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128) as u8;
+                    p.v[ci] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128) as u8;
+                }
+            }
+        }
+        p
     }
 }
 
@@ -78,29 +125,35 @@ fn no_frame_delay(dec: &gst::Element) {
     }
 }
 
-fn repack(sample: &gst::Sample) -> Result<Rgb, String> {
+fn repack(sample: &gst::Sample) -> Result<Picture, String> {
     let caps = sample.caps().ok_or("a sample without caps")?;
     let st = caps.structure(0).ok_or("empty caps")?;
     let dim = |f: &str| st.get::<i32>(f).map_err(|e| format!("caps {f}: {e}"));
     let (w, h) = (dim("width")? as usize, dim("height")? as usize);
     let buf = sample.buffer().ok_or("a sample without a buffer")?;
     let map = buf.map_readable().map_err(|e| e.to_string())?;
-    // GStreamer's packed RGB rows are padded to 4 bytes.
-    let stride = (w * 3 + 3) & !3;
-    let offset = 0;
+    // GStreamer's default I420 layout: rows padded to 4 bytes, planes one after another.
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let ys = (w + 3) & !3;
+    let cs = (cw + 3) & !3;
+    let (uo, vo) = (ys * h, ys * h + cs * ch);
     let src = map.as_slice();
-    if src.len() < offset + stride * h.saturating_sub(1) + w * 3 {
-        return Err(format!("decoder gave {} bytes for {w}x{h} RGB", src.len()));
+    if src.len() < vo + cs * (ch - 1) + cw {
+        return Err(format!("decoder gave {} bytes for {w}x{h} I420", src.len()));
     }
-    let mut data = Vec::with_capacity(w * h * 3);
-    for row in 0..h {
-        let s = offset + row * stride;
-        data.extend_from_slice(&src[s..s + w * 3]);
-    }
-    Ok(Rgb {
+    let plane = |off: usize, stride: usize, pw: usize, ph: usize| {
+        let mut out = Vec::with_capacity(pw * ph);
+        for row in 0..ph {
+            out.extend_from_slice(&src[off + row * stride..off + row * stride + pw]);
+        }
+        out
+    };
+    Ok(Picture {
         width: w as u32,
         height: h as u32,
-        data,
+        y: plane(0, ys, w, h),
+        u: plane(uo, cs, cw, ch),
+        v: plane(vo, cs, cw, ch),
     })
 }
 
@@ -116,65 +169,84 @@ fn bus_error(p: &gst::Pipeline) -> Option<String> {
     None
 }
 
-/// One camera's keyframe decoder: kept playing between keyframes, so each costs one
-/// picture's decode and no pipeline set-up.
+/// A keyframe decoder, kept playing between keyframes so each costs one picture's decode
+/// and no pipeline set-up. One serves every camera of a codec and size: keyframes carry
+/// their parameter sets and refer to nothing before them, and a decoder per camera would
+/// hold its frame pool (tens of MB at 1080p) for a picture every few seconds.
 pub struct KeyframeDecoder {
     codec: VideoCodec,
+    factory: gst::ElementFactory,
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
     sink: gst_app::AppSink,
-    decoder: String,
     pushed: u64,
+    /// The stream has B-frames: the decoder holds a picture back until it is told the
+    /// stream ended, so each keyframe is drained (and the pipeline rebuilt after).
+    drain_each: bool,
+    ended: bool,
+}
+
+/// How long a picture may take before the decoder is taken to be holding it back.
+const HELD_BACK: Duration = Duration::from_millis(300);
+
+fn build(
+    codec: VideoCodec,
+    factory: &gst::ElementFactory,
+) -> Result<(gst::Pipeline, gst_app::AppSrc, gst_app::AppSink), String> {
+    let parse = match codec {
+        VideoCodec::H264 => "h264parse",
+        VideoCodec::H265 => "h265parse",
+    };
+    let pipeline = gst::Pipeline::with_name("detect-decode");
+    let src = gst_app::AppSrc::builder()
+        .caps(&caps_for(codec))
+        .format(gst::Format::Time)
+        .build();
+    let mk = |name: &str| {
+        gst::ElementFactory::make(name)
+            .build()
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let parser = mk(parse)?;
+    let dec = factory
+        .create()
+        .build()
+        .map_err(|e| format!("{}: {e}", factory.name()))?;
+    no_frame_delay(&dec);
+    let convert = mk("videoconvert")?;
+    let sink = gst_app::AppSink::builder()
+        .caps(
+            &gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .build(),
+        )
+        .sync(false)
+        .max_buffers(2)
+        .build();
+    pipeline
+        .add_many([src.upcast_ref(), &parser, &dec, &convert, sink.upcast_ref()])
+        .map_err(|e| e.to_string())?;
+    gst::Element::link_many([src.upcast_ref(), &parser, &dec, &convert, sink.upcast_ref()])
+        .map_err(|e| format!("linking the decoder: {e}"))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("starting the decoder: {e}"))?;
+    Ok((pipeline, src, sink))
 }
 
 impl KeyframeDecoder {
     pub fn new(codec: VideoCodec) -> Result<KeyframeDecoder, String> {
         let factory = pick_decoder(codec)?;
-        let parse = match codec {
-            VideoCodec::H264 => "h264parse",
-            VideoCodec::H265 => "h265parse",
-        };
-        let pipeline = gst::Pipeline::with_name("detect-decode");
-        let src = gst_app::AppSrc::builder()
-            .caps(&caps_for(codec))
-            .format(gst::Format::Time)
-            .build();
-        let mk = |name: &str| {
-            gst::ElementFactory::make(name)
-                .build()
-                .map_err(|e| format!("{name}: {e}"))
-        };
-        let parser = mk(parse)?;
-        let dec = factory
-            .create()
-            .build()
-            .map_err(|e| format!("{}: {e}", factory.name()))?;
-        no_frame_delay(&dec);
-        let convert = mk("videoconvert")?;
-        let sink = gst_app::AppSink::builder()
-            .caps(
-                &gst::Caps::builder("video/x-raw")
-                    .field("format", "RGB")
-                    .build(),
-            )
-            .sync(false)
-            .max_buffers(2)
-            .build();
-        pipeline
-            .add_many([src.upcast_ref(), &parser, &dec, &convert, sink.upcast_ref()])
-            .map_err(|e| e.to_string())?;
-        gst::Element::link_many([src.upcast_ref(), &parser, &dec, &convert, sink.upcast_ref()])
-            .map_err(|e| format!("linking the decoder: {e}"))?;
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| format!("starting the decoder: {e}"))?;
+        let (pipeline, src, sink) = build(codec, &factory)?;
         Ok(KeyframeDecoder {
             codec,
+            factory,
             pipeline,
             src,
             sink,
-            decoder: factory.name().to_string(),
             pushed: 0,
+            drain_each: false,
+            ended: false,
         })
     }
 
@@ -183,12 +255,17 @@ impl KeyframeDecoder {
     }
 
     /// The decoder element's factory name (`avdec_h264`, `v4l2h264dec`…).
-    pub fn decoder(&self) -> &str {
-        &self.decoder
+    pub fn decoder(&self) -> String {
+        self.factory.name().to_string()
     }
 
     /// Decodes one keyframe (Annex B, parameter sets included).
-    pub fn decode(&mut self, au: &[u8]) -> Result<Rgb, String> {
+    pub fn decode(&mut self, au: &[u8]) -> Result<Picture, String> {
+        if self.ended {
+            let _ = self.pipeline.set_state(gst::State::Null);
+            (self.pipeline, self.src, self.sink) = build(self.codec, &self.factory)?;
+            self.ended = false;
+        }
         let mut buf = gst::Buffer::from_slice(au.to_vec());
         {
             let b = buf.get_mut().expect("a new buffer is writable");
@@ -199,6 +276,18 @@ impl KeyframeDecoder {
         self.src
             .push_buffer(buf)
             .map_err(|e| format!("feeding the decoder: {e:?}"))?;
+        if !self.drain_each {
+            if let Some(s) = self
+                .sink
+                .try_pull_sample(gst::ClockTime::from_nseconds(HELD_BACK.as_nanos() as u64))
+            {
+                return repack(&s);
+            }
+            // A reorder delay (B-frames): from now on, drain every keyframe.
+            self.drain_each = true;
+        }
+        let _ = self.src.end_of_stream();
+        self.ended = true;
         match self.sink.try_pull_sample(gst::ClockTime::from_nseconds(
             DECODE_TIMEOUT.as_nanos() as u64
         )) {
@@ -206,7 +295,7 @@ impl KeyframeDecoder {
             None => Err(bus_error(&self.pipeline).unwrap_or_else(|| {
                 format!(
                     "{}: no picture within {} s",
-                    self.decoder,
+                    self.factory.name(),
                     DECODE_TIMEOUT.as_secs()
                 )
             })),
@@ -221,12 +310,12 @@ impl Drop for KeyframeDecoder {
 }
 
 /// A camera's sub stream, decoded in full at up to `max_rate` pictures a second; each
-/// picture goes to `on_picture` with its arrival time (UTC ns).
+/// picture goes to `on_picture`.
 pub struct SubStream {
     pipeline: gst::Pipeline,
 }
 
-pub type OnPicture = Arc<dyn Fn(Rgb) + Send + Sync>;
+pub type OnPicture = Arc<dyn Fn(Picture) + Send + Sync>;
 
 impl SubStream {
     pub fn start(
@@ -241,7 +330,7 @@ impl SubStream {
         let desc = format!(
             "rtspsrc name=src protocols=tcp latency=200 tcp-timeout=5000000 ! decodebin ! \
              videorate drop-only=true max-rate={rate} ! videoconvert ! \
-             video/x-raw,format=RGB ! appsink name=sink sync=false max-buffers=1 drop=true"
+             video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=1 drop=true"
         );
         let pipeline = gst::parse::launch(&desc)
             .map_err(|e| format!("building the sub-stream decoder: {e}"))?
@@ -262,7 +351,7 @@ impl SubStream {
                 .new_sample(move |s| {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     match repack(&sample) {
-                        Ok(rgb) => on_picture(rgb),
+                        Ok(p) => on_picture(p),
                         Err(e) => tracing::debug!(error = %e, "sub-stream picture dropped"),
                     }
                     Ok(gst::FlowSuccess::Ok)
@@ -290,6 +379,80 @@ impl Drop for SubStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One H.264 keyframe of colour bars, as a camera would send it.
+    fn bars_keyframe(w: u32, h: u32) -> Vec<u8> {
+        gst::init().unwrap();
+        let desc = format!(
+            "videotestsrc num-buffers=1 pattern=smpte75 ! video/x-raw,format=I420,width={w},height={h} ! \
+             x264enc key-int-max=1 ! h264parse config-interval=-1 ! \
+             video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=sink sync=false"
+        );
+        let p = gst::parse::launch(&desc)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let sink = p
+            .by_name("sink")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let s = sink.pull_sample().unwrap();
+        let data = s.buffer().unwrap().map_readable().unwrap().to_vec();
+        p.set_state(gst::State::Null).unwrap();
+        data
+    }
+
+    #[test]
+    fn a_keyframe_decodes_to_the_colours_it_shows() {
+        let (w, h) = (640, 360);
+        let mut d = KeyframeDecoder::new(VideoCodec::H264).unwrap();
+        // x264's defaults allow B-frames, so the decoder holds pictures back: drained, and
+        // the next keyframe decodes on a fresh pipeline.
+        let kf = bars_keyframe(w, h);
+        let p = d.decode(&kf).unwrap();
+        assert_eq!((p.width, p.height), (w, h));
+        let again = d.decode(&kf).unwrap();
+        assert_eq!(again.y, p.y);
+        // 75 % bars: grey, yellow, cyan, green, magenta, red, blue, in 7 columns.
+        let want = [
+            [191, 191, 191],
+            [191, 191, 0],
+            [0, 191, 191],
+            [0, 191, 0],
+            [191, 0, 191],
+            [191, 0, 0],
+            [0, 0, 191],
+        ];
+        for (i, c) in want.iter().enumerate() {
+            let x = (i * w as usize / 7) + w as usize / 14;
+            let got = p.rgb(x, h as usize / 4);
+            for k in 0..3 {
+                assert!(
+                    (got[k] as i32 - c[k] as i32).abs() <= 12,
+                    "bar {i} at x {x}: {got:?}, want {c:?}"
+                );
+            }
+        }
+        // And the same through the stretch that feeds the model.
+        let mut out = Vec::new();
+        crate::detect::picture::stretch(
+            &p,
+            &storeguard_detect::Rect::frame(w as f32, h as f32),
+            416,
+            &mut out,
+        );
+        let px = |x: usize, y: usize| &out[(y * 416 + x) * 3..(y * 416 + x) * 3 + 3];
+        assert!(
+            (px(30, 100)[2] as i32 - 191).abs() <= 12,
+            "{:?}",
+            px(30, 100)
+        );
+        assert!(
+            (px(416 * 13 / 14, 100)[2] as i32 - 191).abs() <= 12 && px(416 * 13 / 14, 100)[0] < 20
+        );
+    }
 
     #[test]
     fn a_software_decoder_is_found_for_both_codecs() {

@@ -13,7 +13,7 @@
 //! (a hung one is abandoned; its late result is discarded), and each restart is a health
 //! event.
 
-use super::decode::{KeyframeDecoder, Rgb, SubStream};
+use super::decode::{KeyframeDecoder, Picture, SubStream};
 use super::detector::{DetectError, Detector, Item, OrtDetector};
 use super::picture;
 use crate::config::detect::Detect;
@@ -218,22 +218,22 @@ struct TrackShot {
     shot: Shot,
 }
 
-/// Best shots and the latest picture of one camera, for presses and stills.
+/// Best shots of one camera, for presses. Pictures are not kept: a still comes from the
+/// ring (`evidence::still`), so 24 cameras hold no decoded frames between pictures.
 #[derive(Default)]
 struct Book {
     live: HashMap<u64, TrackShot>,
     ended: VecDeque<TrackShot>,
-    latest: Option<(i64, Arc<Rgb>)>,
 }
 
 enum Input {
     Keyframe {
-        codec: VideoCodec,
+        format: crate::recording::StreamFormat,
         data: Vec<u8>,
         at_ns: i64,
     },
     Picture {
-        rgb: Rgb,
+        picture: Picture,
         at_ns: i64,
     },
 }
@@ -246,7 +246,7 @@ struct Cam {
 }
 
 struct Job {
-    frame: Arc<Rgb>,
+    frame: Arc<Picture>,
     index: u64,
     crops: Vec<Rect>,
     inputs: Vec<Vec<u8>>,
@@ -255,7 +255,7 @@ struct Job {
 struct Inferred {
     camera: usize,
     at_ns: i64,
-    frame: Arc<Rgb>,
+    frame: Arc<Picture>,
     index: u64,
     searched: Vec<Rect>,
     detections: Vec<model::Detection>,
@@ -372,7 +372,7 @@ impl Detection {
                 s.offer(
                     i,
                     Input::Keyframe {
-                        codec: k.format.codec,
+                        format: k.format,
                         data: k.data.to_vec(),
                         at_ns: k.pts_utc_ns,
                     },
@@ -444,13 +444,6 @@ impl Detection {
         v.into_iter().map(|t| t.shot.clone()).collect()
     }
 
-    /// A still of the camera's latest decoded picture, if one is newer than `since_ns`.
-    pub fn still(&self, camera: &str, since_ns: i64) -> Option<Shot> {
-        let &i = self.shared.by_id.get(camera)?;
-        let latest = lock(&self.shared.cams[i].book).latest.clone()?;
-        (latest.0 >= since_ns).then(|| still_shot(camera, latest.0, &latest.1))?
-    }
-
     pub fn inject_fault(&self, f: Fault) {
         self.shared.fault.store(f as u8, Ordering::SeqCst);
         self.shared.sched_cv.notify_all();
@@ -496,7 +489,7 @@ impl Shared {
     }
 }
 
-fn still_shot(camera: &str, at_ns: i64, p: &Rgb) -> Option<Shot> {
+fn still_shot(camera: &str, at_ns: i64, p: &Picture) -> Option<Shot> {
     Some(Shot {
         camera: camera.to_string(),
         track: None,
@@ -517,7 +510,6 @@ struct CamState {
     creds: Option<(String, String)>,
     masks: Vec<storeguard_detect::Polygon>,
     rules: Rules,
-    decoder: Option<KeyframeDecoder>,
     sub: Option<SubStream>,
     sub_retry_at: i64,
     motion: Option<MotionDetector>,
@@ -547,7 +539,6 @@ impl CamState {
             }),
             masks: c.detect.masks.clone(),
             rules,
-            decoder: None,
             sub: None,
             sub_retry_at: 0,
             motion: None,
@@ -576,6 +567,8 @@ struct Pipeline {
     /// Since a restart (monotonic ns): waiting for the first batch to say it recovered.
     recovering: Option<u64>,
     crop_buf: Vec<Vec<u8>>,
+    /// Keyframe decoders by codec and size, shared by the cameras that have them.
+    decoders: HashMap<(VideoCodec, u32, u32), KeyframeDecoder>,
 }
 
 impl Pipeline {
@@ -595,6 +588,7 @@ impl Pipeline {
             backoff: RESTART_MIN,
             recovering: None,
             crop_buf: Vec::new(),
+            decoders: HashMap::new(),
         }
     }
 
@@ -641,17 +635,18 @@ impl Pipeline {
         let shared = self.shared.clone();
         let cam = &shared.cams[i];
         let st = &mut self.cams[i];
-        let (rgb, at_ns) = match input {
-            Input::Picture { rgb, at_ns } => (rgb, at_ns),
-            Input::Keyframe { codec, data, at_ns } => {
-                if st.decoder.as_ref().is_some_and(|d| d.codec() != codec) {
-                    st.decoder = None;
-                }
-                if st.decoder.is_none() {
-                    match KeyframeDecoder::new(codec) {
+        let (picture, at_ns) = match input {
+            Input::Picture { picture, at_ns } => (picture, at_ns),
+            Input::Keyframe {
+                format,
+                data,
+                at_ns,
+            } => {
+                let key = (format.codec, format.width, format.height);
+                if !self.decoders.contains_key(&key) {
+                    match KeyframeDecoder::new(format.codec) {
                         Ok(d) => {
-                            lock(&cam.view).decoder = Some(d.decoder().to_string());
-                            st.decoder = Some(d);
+                            self.decoders.insert(key, d);
                         }
                         Err(e) => {
                             cam.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -660,23 +655,23 @@ impl Pipeline {
                         }
                     }
                 }
-                match st.decoder.as_mut().map(|d| d.decode(&data)) {
-                    Some(Ok(rgb)) => (rgb, at_ns),
-                    Some(Err(e)) => {
+                let dec = self.decoders.get_mut(&key).expect("inserted above");
+                lock(&cam.view).decoder = Some(dec.decoder());
+                match dec.decode(&data) {
+                    Ok(p) => (p, at_ns),
+                    Err(e) => {
                         tracing::warn!(camera = %st.id, error = %e, "detection: decoding a keyframe failed");
                         cam.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                         lock(&cam.view).last_error = Some(e);
                         // A fresh decoder for the next one: this one may be wedged.
-                        st.decoder = None;
+                        self.decoders.remove(&key);
                         return;
                     }
-                    None => return,
                 }
             }
         };
         cam.stats.decoded.fetch_add(1, Ordering::Relaxed);
-        let frame = Arc::new(rgb);
-        lock(&cam.book).latest = Some((at_ns, frame.clone()));
+        let frame = Arc::new(picture);
         let (small, sw, sh) = picture::small_luma(&frame);
         let Ok(luma) = Luma::new(&small, sw, sh) else {
             return;
@@ -1008,7 +1003,7 @@ impl Pipeline {
             // is kept here too, by arrival.
             let gap = (0.8e9 / rate) as u64;
             let last = AtomicU64::new(0);
-            let on_picture: super::decode::OnPicture = Arc::new(move |rgb| {
+            let on_picture: super::decode::OnPicture = Arc::new(move |picture| {
                 let now = monotonic_ns();
                 let prev = last.load(Ordering::Relaxed);
                 if prev != 0 && now.saturating_sub(prev) < gap {
@@ -1018,7 +1013,7 @@ impl Pipeline {
                 s.offer(
                     i,
                     Input::Picture {
-                        rgb,
+                        picture,
                         at_ns: now_ns(),
                     },
                 )
@@ -1106,7 +1101,15 @@ fn inference(shared: Arc<Shared>, factory: DetectorFactory, generation: u64) {
             Fault::Panic => panic!("fault injected: the detector crashed"),
             Fault::None => {}
         }
-        let result = det.detect(&items);
+        // At most `batch` images a run, however many crops the cameras asked for: the
+        // session's memory grows to its largest run and keeps it.
+        let result = items.chunks(shared.cfg.batch.max(1)).try_fold(
+            Vec::with_capacity(items.len()),
+            |mut all, chunk| {
+                all.extend(det.detect(chunk)?);
+                Ok::<_, DetectError>(all)
+            },
+        );
         shared.busy_since.store(0, Ordering::SeqCst);
         if !current() {
             return;
