@@ -430,7 +430,7 @@ mod tests {
             let got = p.rgb(x, h as usize / 4);
             for k in 0..3 {
                 assert!(
-                    (got[k] as i32 - c[k] as i32).abs() <= 12,
+                    (got[k] as i32 - c[k]).abs() <= 12,
                     "bar {i} at x {x}: {got:?}, want {c:?}"
                 );
             }

@@ -643,19 +643,19 @@ impl Pipeline {
                 at_ns,
             } => {
                 let key = (format.codec, format.width, format.height);
-                if !self.decoders.contains_key(&key) {
-                    match KeyframeDecoder::new(format.codec) {
-                        Ok(d) => {
-                            self.decoders.insert(key, d);
-                        }
-                        Err(e) => {
-                            cam.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                            lock(&cam.view).last_error = Some(e);
-                            return;
+                let dec = match self.decoders.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        match KeyframeDecoder::new(format.codec) {
+                            Ok(d) => v.insert(d),
+                            Err(e) => {
+                                cam.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                                lock(&cam.view).last_error = Some(e);
+                                return;
+                            }
                         }
                     }
-                }
-                let dec = self.decoders.get_mut(&key).expect("inserted above");
+                };
                 lock(&cam.view).decoder = Some(dec.decoder());
                 match dec.decode(&data) {
                     Ok(p) => (p, at_ns),
