@@ -101,11 +101,16 @@ run() {
     for _ in $(seq 1 240); do
         cams "$name" 2>/dev/null | python3 -c '
 import json, sys
-c = json.load(sys.stdin)["cameras"]
+try:
+    c = json.load(sys.stdin)["cameras"]
+except ValueError:
+    sys.exit(1)
 sys.exit(0 if len(c) == int(sys.argv[1]) and all(x["state"] == "recording" for x in c) else 1)' "$n" && break
         sleep 0.5
     done
-    sleep 20 # warm-up: motion backgrounds, first full looks, ONNX Runtime's first runs
+    # Warm-up: motion backgrounds, first full looks, ONNX Runtime's first runs, and still
+    # cameras settling into their quiet rate (15 s without motion).
+    sleep 30
     cams "$name" >"$dir/before.json"
     local t0 t1 w0
     t0=$(ticks "$SG_PID")

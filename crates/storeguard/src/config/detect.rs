@@ -50,7 +50,8 @@ pub struct Detect {
     /// Most inferences per second per camera.
     #[serde(default = "default_max_rate")]
     pub max_rate: f64,
-    /// Cameras per inference batch.
+    /// Images per inference run. On this class of CPU a batch of 4 is no faster per image
+    /// than 1 and costs ONNX Runtime about 90 MB more (docs/detect.md, Benchmarks).
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// While someone is tracked, the whole frame is inferred this often even without
@@ -131,7 +132,7 @@ fn default_max_rate() -> f64 {
     2.0
 }
 fn default_batch() -> usize {
-    4
+    1
 }
 fn default_refresh() -> Dur {
     Dur::secs(10)

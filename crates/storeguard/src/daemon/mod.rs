@@ -35,7 +35,19 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 /// Exit code when a second signal cuts the drain short.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// glibc raises its mmap threshold each time a large block is freed, after which the
+/// decoder's multi-megabyte pictures come from the heap and stay resident; a fixed
+/// threshold hands them back to the kernel. Fewer arenas for the many threads, too.
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 pub fn run(config_path: &Path) -> Result<()> {
+    tune_malloc();
     // Before loading: a remote config trial the box never confirmed is rolled back.
     let recovered = crate::remote::desired::recover_at_start(config_path).map_err(|e| {
         coded(
