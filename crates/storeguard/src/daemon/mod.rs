@@ -173,12 +173,6 @@ async fn run_async(
         state: state.clone(),
     });
     let control_task = tokio::spawn(listener.serve(service, access, shutdown_rx.clone()));
-    let watchdog_task = tokio::spawn(watchdog::run(
-        watchdog::DaemonChecks(state.clone()),
-        watchdog::Systemd,
-        sd_notify::watchdog_enabled(),
-        shutdown_rx.clone(),
-    ));
     let detect_task = tokio::spawn(detection::run(state.clone(), detect_rx));
     // Button signals are handled one at a time, in order: each is a durable commit.
     let st = state.clone();
@@ -233,6 +227,14 @@ async fn run_async(
         NotifyState::Status(&state.status_line()),
     ]);
     tracing::info!(socket = %cfg.control.socket.display(), "ready");
+    // Only after READY: a ping before it would tell systemd a service that has not
+    // started is alive.
+    let watchdog_task = tokio::spawn(watchdog::run(
+        watchdog::DaemonChecks(state.clone()),
+        watchdog::Systemd,
+        sd_notify::watchdog_enabled(),
+        shutdown_rx.clone(),
+    ));
 
     wait_for_stop(&state, signals).await;
 
