@@ -650,7 +650,7 @@ impl Pipeline {
         let st = &mut self.cams[i];
         st.taken += 1;
         let quiet = monotonic_ns() as i64 - st.last_activity_ns > QUIET_AFTER_NS;
-        if quiet && st.taken % QUIET_STRIDE != 0 {
+        if quiet && !st.taken.is_multiple_of(QUIET_STRIDE) {
             cam.stats.skipped_quiet.fetch_add(1, Ordering::Relaxed);
             return;
         }
