@@ -178,24 +178,40 @@ impl OrtDetector {
     /// run and reading the outputs, without preprocessing or decoding.
     pub fn run_raw(&mut self, batch: usize) -> Result<usize, DetectError> {
         self.input.resize(batch.max(1) * INPUT_LEN, 0.0);
-        let shape = [batch.max(1), 3, INPUT_SIZE, INPUT_SIZE];
-        let tensor = ort::value::TensorRef::from_array_view((shape, &self.input[..]))
-            .map_err(|e| DetectError::Run(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![INPUT_NAME => tensor])
-            .map_err(|e| DetectError::Run(e.to_string()))?;
+        let outputs = run(&mut self.session, &self.input, batch.max(1))?;
         let mut n = 0;
         for name in OUTPUT_NAMES {
-            n += outputs
-                .get(name)
-                .ok_or_else(|| DetectError::Run(format!("no output {name}")))?
-                .try_extract_tensor::<f32>()
-                .map(|(_, d)| d.len())
-                .map_err(|e| DetectError::Run(format!("{name}: {e}")))?;
+            n += output(&outputs, name)?.len();
         }
         Ok(n)
     }
+}
+
+/// One session run on `batch` preprocessed images.
+fn run<'s>(
+    session: &'s mut ort::session::Session,
+    input: &[f32],
+    batch: usize,
+) -> Result<ort::session::SessionOutputs<'s>, DetectError> {
+    let shape = [batch, 3, INPUT_SIZE, INPUT_SIZE];
+    let tensor = ort::value::TensorRef::from_array_view((shape, &input[..batch * INPUT_LEN]))
+        .map_err(|e| DetectError::Run(e.to_string()))?;
+    session
+        .run(ort::inputs![INPUT_NAME => tensor])
+        .map_err(|e| DetectError::Run(e.to_string()))
+}
+
+/// One output head's values.
+fn output<'o>(
+    outputs: &'o ort::session::SessionOutputs<'_>,
+    name: &str,
+) -> Result<&'o [f32], DetectError> {
+    outputs
+        .get(name)
+        .ok_or_else(|| DetectError::Run(format!("no output {name}")))?
+        .try_extract_tensor::<f32>()
+        .map(|(_, data)| data)
+        .map_err(|e| DetectError::Run(format!("{name}: {e}")))
 }
 
 impl Detector for OrtDetector {
@@ -207,21 +223,8 @@ impl Detector for OrtDetector {
         for (item, out) in items.iter().zip(self.input.chunks_exact_mut(INPUT_LEN)) {
             model::preprocess(item.rgb, INPUT_SIZE, INPUT_SIZE, ChannelOrder::Rgb, out)?;
         }
-        let shape = [items.len(), 3, INPUT_SIZE, INPUT_SIZE];
-        let tensor = ort::value::TensorRef::from_array_view((shape, &self.input[..]))
-            .map_err(|e| DetectError::Run(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![INPUT_NAME => tensor])
-            .map_err(|e| DetectError::Run(e.to_string()))?;
-        let get = |name: &str| -> Result<&[f32], DetectError> {
-            outputs
-                .get(name)
-                .ok_or_else(|| DetectError::Run(format!("no output {name}")))?
-                .try_extract_tensor::<f32>()
-                .map(|(_, data)| data)
-                .map_err(|e| DetectError::Run(format!("{name}: {e}")))
-        };
+        let outputs = run(&mut self.session, &self.input, items.len())?;
+        let get = |name: &str| output(&outputs, name);
         let cls = [
             get(OUTPUT_NAMES[0])?,
             get(OUTPUT_NAMES[1])?,
