@@ -47,17 +47,23 @@ fn every_edge_config_validates() {
     assert!(line_of("minimal.toml").contains("(1 cameras, 1 buttons,"));
 }
 
+/// `storeguard --config F config show`, which must succeed.
+fn config_show(f: &std::path::Path) -> Out {
+    let out = run(&[
+        "--config".as_ref(),
+        f.as_os_str(),
+        "config".as_ref(),
+        "show".as_ref(),
+    ]);
+    out.expect(0);
+    out
+}
+
 #[test]
 fn edge_configs_show_without_passwords() {
     for f in edge_configs() {
         let text = fs::read_to_string(&f).unwrap();
-        let out = run(&[
-            "--config".as_ref(),
-            f.as_os_str(),
-            "config".as_ref(),
-            "show".as_ref(),
-        ]);
-        out.expect(0);
+        let out = config_show(&f);
         // Every password written in the example must be masked in the output.
         for line in text.lines() {
             if let Some(pw) = line.trim().strip_prefix("password = ") {
@@ -72,16 +78,32 @@ fn edge_configs_show_without_passwords() {
     }
 }
 
+/// The store config ships with its uplink over mutual TLS, never plain MQTT.
+#[test]
+fn the_store_config_talks_to_the_control_centre_over_mutual_tls() {
+    let f = repo_root().join("edge-config/storeguard.toml");
+    let out = config_show(&f);
+    let shown: toml::Value = toml::from_str(&out.stdout).unwrap();
+    let up = &shown["uplink"];
+    assert!(
+        up["broker"].as_str().unwrap().starts_with("mqtts://"),
+        "{up}"
+    );
+    for file in ["ca", "cert", "key"] {
+        assert!(up["tls"][file].is_str(), "uplink.tls.{file} missing: {up}");
+    }
+    assert!(
+        !shown["trust"]["control_centre_keys"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[test]
 fn demo_config_resolves_paths_next_to_the_repository() {
     let f = repo_root().join("edge-config/demo.toml");
-    let out = run(&[
-        "--config".as_ref(),
-        f.as_os_str(),
-        "config".as_ref(),
-        "show".as_ref(),
-    ]);
-    out.expect(0);
+    let out = config_show(&f);
     let root = repo_root();
     let root = root.display();
     assert!(
