@@ -30,7 +30,8 @@ impl List {
     }
 }
 
-/// A press through the same edge path as a real one: press, hold, release.
+/// A press through the same edge path as a real one: press, hold, release. Accepted only
+/// once its event (and alert) is committed, so an accepted press survives any crash.
 #[derive(Debug)]
 pub struct Press {
     pub button: String,
@@ -38,18 +39,47 @@ pub struct Press {
     pub hold: Duration,
 }
 
+/// How long an injected press may take to become a committed event (debounce, commit).
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 impl Press {
     pub const DEFAULT_HOLD: Duration = Duration::from_millis(200);
 
-    pub fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
+    pub async fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
+        // Subscribed before injecting, so the event's notice cannot be missed.
+        let mut events = st.incidents.watch.subscribe();
         st.buttons()
             .press(&self.button, self.hold, self.test)
             .map_err(refused)?;
         tracing::info!(button = %self.button, test = self.test, uid = ?caller.uid, via = ?caller.via, "press injected");
+        let committed = async {
+            loop {
+                match events.recv().await {
+                    Ok(v) if v["button"] == self.button.as_str() && v["event_id"].is_string() => {
+                        return Some(v);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        let v = tokio::time::timeout(COMMIT_WAIT, committed)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                CmdError::Unavailable(format!(
+                    "press injected on {} but no event was committed within {COMMIT_WAIT:?}; \
+                     see the daemon's log",
+                    self.button
+                ))
+            })?;
         Ok(Reply::Accepted(json!({
             "button": self.button,
             "test": self.test,
             "hold_ms": self.hold.as_millis() as u64,
+            "event_id": v["event_id"],
+            "kind": v["kind"],
         })))
     }
 }
