@@ -69,3 +69,28 @@ fn an_accepted_press_survives_a_kill_right_after_its_reply() {
         assert_eq!(n, 1, "round {round}: accepted press {event} lost to a kill");
     }
 }
+
+/// Three power cuts: in upload resume, in a config reload, at random (the data dir on
+/// sg-lazyfs, which drops every write not yet fsynced).
+#[test]
+fn power_cut_campaign_loses_nothing_accepted() {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        skip(
+            "power_cut_campaign_loses_nothing_accepted",
+            "no /dev/fuse for sg-lazyfs",
+        );
+        return;
+    }
+    campaign(&[
+        "--fault",
+        "cut",
+        "--cycles",
+        "3",
+        "--budget",
+        "1MiB",
+        "--max-run-ms",
+        "4000",
+        "--phase-offset",
+        "3",
+    ]);
+}

@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod detect;
 mod detection;
+mod disk;
 mod evidence_mp4;
 mod fakecam;
 mod ingest;
