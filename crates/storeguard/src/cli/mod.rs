@@ -274,9 +274,10 @@ pub fn dispatch(args: Args) -> Result<u8> {
                 "/v1/buttons/{}/press?test={test}&hold_ms={hold_ms}",
                 percent_encode(name)
             );
-            args.client().call("POST", &path, None)?;
+            let v = args.client().call("POST", &path, None)?;
             println!(
-                "test press injected on {name}; see `storeguard events` for the event and its clips"
+                "test press on {name} accepted: event {}; see `storeguard events` for its clips",
+                v["event_id"].as_str().unwrap_or("-")
             );
             Ok(exit::OK)
         }

@@ -30,7 +30,8 @@ impl List {
     }
 }
 
-/// A press through the same edge path as a real one: press, hold, release.
+/// A press through the same edge path as a real one: press, hold, release. Accepted only
+/// once its event (and alert) is committed, so an accepted press survives any crash.
 #[derive(Debug)]
 pub struct Press {
     pub button: String,
@@ -38,20 +39,74 @@ pub struct Press {
     pub hold: Duration,
 }
 
+/// How long an injected press may take to become a committed event (debounce, commit).
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 impl Press {
     pub const DEFAULT_HOLD: Duration = Duration::from_millis(200);
 
-    pub fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
+    pub async fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
+        // Subscribed before injecting, so the event's notice cannot be missed.
+        let mut events = st.incidents.watch.subscribe();
         st.buttons()
             .press(&self.button, self.hold, self.test)
             .map_err(refused)?;
         tracing::info!(button = %self.button, test = self.test, uid = ?caller.uid, via = ?caller.via, "press injected");
+        let injected = std::time::Instant::now();
+        let committed = async {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(v) if v["button"] == self.button.as_str() => {
+                        if let Some(id) = v["event_id"].as_str() {
+                            return Some((id.to_string(), v["kind"].clone()));
+                        }
+                        // Released after our own release without an event of ours: the
+                        // press joined one already held, whose event it is.
+                        if v["kind"] == "released" && injected.elapsed() >= self.hold {
+                            return joined_press(st, &self.button).await;
+                        }
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        };
+        let (event_id, kind) = tokio::time::timeout(COMMIT_WAIT + self.hold, committed)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                CmdError::Unavailable(format!(
+                    "press injected on {} but no event was committed within {:?}; \
+                     see the daemon's log",
+                    self.button,
+                    COMMIT_WAIT + self.hold
+                ))
+            })?;
         Ok(Reply::Accepted(json!({
             "button": self.button,
             "test": self.test,
             "hold_ms": self.hold.as_millis() as u64,
+            "event_id": event_id,
+            "kind": kind,
         })))
     }
+}
+
+/// The latest press event of `button`, which a press joining it belongs to.
+async fn joined_press(st: &Arc<State>, button: &str) -> Option<(String, serde_json::Value)> {
+    let store = st.store.clone();
+    let button = button.to_string();
+    // A held press started at most the longest injectable hold ago (ten minutes).
+    let since = now_ns() - 11 * 60 * 1_000_000_000;
+    let rows = tokio::task::spawn_blocking(move || store.events_since(since, 64))
+        .await
+        .ok()?
+        .ok()?;
+    rows.into_iter()
+        .find(|e| e.source == button && e.kind == "isb_press")
+        .map(|e| (e.uid, e.kind.into()))
 }
 
 /// Test hook: replays a script of raw edges (`<offset> on|off` per line, see

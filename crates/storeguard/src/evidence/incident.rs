@@ -246,6 +246,8 @@ impl Incidents {
             tokio::time::sleep(ARRIVAL_POLL).await;
         }
         let started = std::time::Instant::now();
+        // Marks the moment for the crash campaign (sg-campaign), which kills here.
+        tracing::debug!(clip = %job.uid, camera = %job.camera, "cutting evidence clip");
         let store = self.store.clone();
         let recorder = self.recorder.clone();
         let key = self.key.clone();

@@ -7,7 +7,7 @@ use super::scan::{ScanResult, scan_file};
 use super::writer::start_from_file_name;
 use crate::store::Store;
 use crate::store::recording::{STATE_OPEN, STATE_RECOVERED, SegmentProgress};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 #[derive(Debug, Default)]
@@ -32,6 +32,20 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
     let now = storeguard_base::now_ns();
     let rows = store.all_segments()?;
     let known: HashSet<String> = rows.iter().map(|r| r.path.clone()).collect();
+    // Each camera's last known segment: a file of one frame says nothing of the frame
+    // interval (its end is that frame plus one interval) nor, if orphaned, of the size.
+    let mut last: HashMap<String, (i64, u32, u32, String)> = HashMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.frames > 1 && r.end_ns > r.start_ns)
+    {
+        let frame = (r.end_ns - r.start_ns) / r.frames as i64;
+        last.insert(
+            r.camera.clone(),
+            (frame, r.width, r.height, r.codec.clone()),
+        );
+    }
+    let frame_of = |camera: &str| last.get(camera).map(|l| l.0);
     for row in rows {
         let path = store.data_dir().join(&row.path);
         if !path.exists() {
@@ -49,7 +63,7 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
             continue;
         }
         let scan = scan_file(&path)?;
-        let (end, kfs) = extent(&scan, row.start_ns);
+        let (end, kfs) = extent(&scan, row.start_ns, frame_of(&row.camera));
         store.recover_segment(
             row.id,
             end.unwrap_or(row.end_ns),
@@ -76,12 +90,17 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
         let scan = scan_file(&file).ok();
         match (scan, start_from_file_name(&name)) {
             (Some(scan), Some(start)) if !scan.keyframes.is_empty() => {
-                let (end, kfs) = extent(&scan, start);
+                let (end, kfs) = extent(&scan, start, frame_of(&camera));
                 let codec = if scan.stream_type == Some(0x24) {
                     "h265"
                 } else {
                     "h264"
                 };
+                // Most likely the size the camera recorded at just before; 0 if unknown.
+                let (width, height) = last
+                    .get(&camera)
+                    .filter(|l| l.3 == codec)
+                    .map_or((0, 0), |l| (l.1, l.2));
                 let p = SegmentProgress {
                     camera,
                     path: rel.clone(),
@@ -90,8 +109,8 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
                     bytes: scan.valid_bytes,
                     frames: scan.frames,
                     codec,
-                    width: 0,
-                    height: 0,
+                    width,
+                    height,
                     params: None,
                     time_source: "recovered",
                     state: STATE_RECOVERED,
@@ -120,7 +139,13 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
 }
 
 /// End time and keyframe times of a scanned file whose first frame is at `start_ns`.
-fn extent(scan: &ScanResult, start_ns: i64) -> (Option<i64>, Vec<(i64, u64)>) {
+/// End (last frame + one frame interval) and keyframes of a scanned file; `frame_ns`
+/// is the interval to assume when the file has a single frame.
+fn extent(
+    scan: &ScanResult,
+    start_ns: i64,
+    frame_ns: Option<i64>,
+) -> (Option<i64>, Vec<(i64, u64)>) {
     let Some(first) = scan.first_pts else {
         return (None, Vec::new());
     };
@@ -134,7 +159,7 @@ fn extent(scan: &ScanResult, start_ns: i64) -> (Option<i64>, Vec<(i64, u64)>) {
         let frame = if scan.frames > 1 {
             span / (scan.frames as i64 - 1)
         } else {
-            0
+            frame_ns.unwrap_or(0)
         };
         start_ns + span + frame
     });
@@ -160,4 +185,35 @@ fn segment_files(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crash right after a segment's first frame left a file of one frame, indexed as
+    /// ending where it starts: one frame short of what it holds.
+    #[test]
+    fn a_one_frame_file_ends_one_frame_interval_after_its_frame() {
+        let pts = 90_000 * 1000;
+        let scan = ScanResult {
+            frames: 1,
+            first_pts: Some(pts),
+            last_pts: Some(pts),
+            keyframes: vec![(pts, 0)],
+            valid_bytes: 5452,
+            stream_type: Some(0x1B),
+        };
+        let start = 1_000_000_000_000;
+        let (end, kfs) = extent(&scan, start, Some(66_666_666));
+        assert_eq!(end, Some(start + 66_666_666));
+        assert_eq!(kfs, vec![(start, 0)]);
+        // Two frames tell the interval themselves.
+        let two = ScanResult {
+            frames: 2,
+            last_pts: Some(pts + 6000),
+            ..scan
+        };
+        assert_eq!(extent(&two, start, None).0, Some(start + 2 * 66_666_666));
+    }
 }

@@ -224,6 +224,8 @@ pub fn enforce_with(
                 break;
             }
             let path = store.data_dir().join(&seg.path);
+            // Marks the moment for the crash campaign (sg-campaign), which kills here.
+            tracing::debug!(camera = %cam, path = %seg.path, "evicting a segment");
             match store.delete_segment(seg.id) {
                 Ok(()) => remove_segment_file(&path),
                 Err(e) if is_disk_full(&e) => {

@@ -3,10 +3,12 @@
 //! `cargo build --workspace --bins`, as `./dev.sh test` does) against real RTSP servers,
 //! a real mosquitto and real SQLite files, through `storeguard_fixtures::harness`.
 
+mod campaign;
 mod cli;
 mod daemon;
 mod detect;
 mod detection;
+mod disk;
 mod evidence_mp4;
 mod fakecam;
 mod ingest;
