@@ -100,7 +100,7 @@ pub(super) async fn serve_conn(
     }
 }
 
-async fn read_request<R: AsyncBufReadExt + Unpin>(
+pub(super) async fn read_request<R: AsyncBufReadExt + Unpin>(
     rd: &mut R,
     peer: Peer,
 ) -> Result<Request, String> {

@@ -9,6 +9,7 @@ mod detect;
 mod detection;
 mod evidence_mp4;
 mod fakecam;
+mod fuzz_corpus;
 mod ingest;
 mod isb;
 mod package;
