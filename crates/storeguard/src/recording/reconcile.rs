@@ -49,7 +49,10 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
             continue;
         }
         let scan = scan_file(&path)?;
-        let (end, kfs) = extent(&scan, row.start_ns);
+        let (end, kfs) = extent(&scan, row.start_ns).unwrap_or_else(|| {
+            tracing::warn!(path = %row.path, "segment times run past the time range; keeping its indexed end");
+            (None, Vec::new())
+        });
         store.recover_segment(
             row.id,
             end.unwrap_or(row.end_ns),
@@ -74,9 +77,13 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
             .unwrap_or_default();
         let camera = rel.split('/').nth(1).unwrap_or("").to_string();
         let scan = scan_file(&file).ok();
-        match (scan, start_from_file_name(&name)) {
-            (Some(scan), Some(start)) if !scan.keyframes.is_empty() => {
-                let (end, kfs) = extent(&scan, start);
+        let start = start_from_file_name(&name);
+        let measured = scan.zip(start).and_then(|(scan, start)| {
+            let (end, kfs) = extent(&scan, start)?;
+            Some((scan, start, end, kfs))
+        });
+        match measured {
+            Some((scan, start, end, kfs)) if !scan.keyframes.is_empty() => {
                 let codec = if scan.stream_type == Some(0x24) {
                     "h265"
                 } else {
@@ -119,26 +126,33 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// End time and keyframe times of a scanned file whose first frame is at `start_ns`.
-fn extent(scan: &ScanResult, start_ns: i64) -> (Option<i64>, Vec<(i64, u64)>) {
+/// A scanned file's end time (if it has frames) and keyframes (utc_ns, byte offset).
+type Extent = (Option<i64>, Vec<(i64, u64)>);
+
+/// The extent of a scanned file whose first frame is at `start_ns`; None when its times
+/// do not fit the time range (a file name with a garbage time).
+fn extent(scan: &ScanResult, start_ns: i64) -> Option<Extent> {
     let Some(first) = scan.first_pts else {
-        return (None, Vec::new());
+        return Some((None, Vec::new()));
     };
     let kfs = scan
         .keyframes
         .iter()
-        .map(|(pts, off)| (ScanResult::utc_of(*pts, first, start_ns), *off))
-        .collect();
-    let end = scan.last_pts.map(|last| {
-        let span = ScanResult::utc_of(last, first, start_ns) - start_ns;
-        let frame = if scan.frames > 1 {
-            span / (scan.frames as i64 - 1)
-        } else {
-            0
-        };
-        start_ns + span + frame
-    });
-    (end, kfs)
+        .map(|(pts, off)| Some((ScanResult::utc_of(*pts, first, start_ns)?, *off)))
+        .collect::<Option<Vec<_>>>()?;
+    let end = match scan.last_pts {
+        None => None,
+        Some(last) => {
+            let span = ScanResult::utc_of(last, first, start_ns)? - start_ns;
+            let frame = if scan.frames > 1 {
+                span / (scan.frames as i64 - 1)
+            } else {
+                0
+            };
+            Some(start_ns.checked_add(span)?.checked_add(frame)?)
+        }
+    };
+    Some((end, kfs))
 }
 
 fn segment_files(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
