@@ -11,7 +11,9 @@
 # New inputs go to fuzz/target/new-corpus/<target>, so a run leaves the committed corpus
 # alone unless --merge. A crash is kept in fuzz/artifacts/<target>/; copy it into
 # fuzz/regressions/<target>/ with the fix, and the normal test suite replays it.
-# Exits 1 if any target crashed, hung or ran out of memory.
+# FUZZ_FLAGS adds cargo-fuzz build options to both build and runs, e.g. a cheaper build
+# for CI: FUZZ_FLAGS="--sanitizer none" or "--dev" (debug profile: quicker to build,
+# slower to run). Exits 1 if any target crashed, hung or ran out of memory.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -21,7 +23,7 @@ for a in "$@"; do
     case "$a" in
         --ci) secs=10 ;;
         --merge) merge=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         [0-9]*) secs=$a ;;
         *) targets+=("$a") ;;
     esac
@@ -50,7 +52,8 @@ if [[ -z ${TMPDIR:-} && -w /dev/shm ]]; then export TMPDIR=/dev/shm; fi
 cd fuzz
 t0=$SECONDS
 # All targets in one build: they share every dependency.
-cargo +nightly fuzz build
+# shellcheck disable=SC2086
+cargo +nightly fuzz build ${FUZZ_FLAGS:-}
 echo "fuzz.sh: built in $((SECONDS - t0)) s"
 
 failed=()
@@ -62,7 +65,8 @@ for t in "${targets[@]}"; do
     echo "fuzz.sh: $t for $secs s"
     rc=0
     # Leaks: GStreamer and glib keep process-wide allocations on purpose; off for all.
-    cargo +nightly fuzz run "$t" "$new" "corpus/$t" -- \
+    # shellcheck disable=SC2086
+    cargo +nightly fuzz run ${FUZZ_FLAGS:-} "$t" "$new" "corpus/$t" -- \
         -max_total_time="$secs" -timeout=60 -rss_limit_mb=2048 -max_len=262144 \
         -detect_leaks=0 -print_final_stats=1 >"$log" 2>&1 || rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -80,7 +84,8 @@ for t in "${targets[@]}"; do
     printf '%-14s %10s %8s %8s %7s %s\n' "$t" "${runs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result" \
         | tee -a target/fuzz-summary.txt
     if [[ $merge -eq 1 && $rc -eq 0 ]]; then
-        cargo +nightly fuzz run "$t" "corpus/$t" "$new" -- -merge=1 -detect_leaks=0 \
+        # shellcheck disable=SC2086
+        cargo +nightly fuzz run ${FUZZ_FLAGS:-} "$t" "corpus/$t" "$new" -- -merge=1 -detect_leaks=0 \
             >"target/fuzz-$t-merge.log" 2>&1 || true
     fi
 done
