@@ -16,6 +16,8 @@ pub mod daemon;
 pub mod detect;
 pub mod evidence;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod recording;
 pub mod remote;

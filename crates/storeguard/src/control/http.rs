@@ -9,6 +9,8 @@ use tokio::net::UnixStream;
 
 pub const MAX_BODY: usize = 1 << 20;
 const MAX_HEADER_LINES: usize = 64;
+/// Longest request line or header line.
+const MAX_LINE: usize = 8 << 10;
 
 pub(super) async fn serve_conn(
     stream: UnixStream,
@@ -100,24 +102,27 @@ pub(super) async fn serve_conn(
     }
 }
 
-async fn read_request<R: AsyncBufReadExt + Unpin>(
+pub(super) async fn read_request<R: AsyncBufReadExt + Unpin>(
     rd: &mut R,
     peer: Peer,
 ) -> Result<Request, String> {
     let mut line = String::new();
-    rd.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    read_line(rd, &mut line).await?;
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Err(format!("malformed request line {:?}", line.trim_end()));
     };
     let (method, target) = (method.to_string(), target.to_string());
     let mut len = 0usize;
-    for _ in 0..MAX_HEADER_LINES {
+    for n in 0.. {
         line.clear();
-        rd.read_line(&mut line).await.map_err(|e| e.to_string())?;
+        read_line(rd, &mut line).await?;
         let h = line.trim_end();
         if h.is_empty() {
             break;
+        }
+        if n == MAX_HEADER_LINES {
+            return Err(format!("more than {MAX_HEADER_LINES} header lines"));
         }
         if let Some((k, v)) = h.split_once(':')
             && k.eq_ignore_ascii_case("content-length")
@@ -151,6 +156,23 @@ async fn read_request<R: AsyncBufReadExt + Unpin>(
         body,
         peer,
     })
+}
+
+/// One line of the request head, at most `MAX_LINE` bytes: a caller sending an endless
+/// line gets an error, not the daemon's memory.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    rd: &mut R,
+    line: &mut String,
+) -> Result<(), String> {
+    let n = (&mut *rd)
+        .take(MAX_LINE as u64 + 1)
+        .read_line(line)
+        .await
+        .map_err(|e| e.to_string())?;
+    if n > MAX_LINE {
+        return Err(format!("request head line longer than {MAX_LINE} bytes"));
+    }
+    Ok(())
 }
 
 async fn write_json<W: AsyncWriteExt + Unpin>(
@@ -225,6 +247,46 @@ pub fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(data: &[u8]) -> Result<Request, String> {
+        use futures_util::FutureExt;
+        let peer = Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        };
+        let mut rd = data;
+        read_request(&mut rd, peer)
+            .now_or_never()
+            .expect("memory never waits")
+    }
+
+    #[test]
+    fn request_heads_are_bounded() {
+        let ok = read(b"POST /v1/clips HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!(
+            (ok.path.as_str(), ok.body.as_slice()),
+            ("/v1/clips", &b"{}"[..])
+        );
+        let long = format!(
+            "GET /v1/status HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_LINE)
+        );
+        assert_eq!(
+            read(long.as_bytes()).unwrap_err(),
+            format!("request head line longer than {MAX_LINE} bytes")
+        );
+        let many = format!("GET /v1/status HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(65));
+        assert_eq!(
+            read(many.as_bytes()).unwrap_err(),
+            "more than 64 header lines"
+        );
+        assert_eq!(
+            read(format!("GET /v1/status HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(64)).as_bytes())
+                .map(|r| r.path),
+            Ok("/v1/status".to_string())
+        );
+    }
 
     #[test]
     fn percent_round_trip() {

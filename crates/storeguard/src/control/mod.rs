@@ -226,6 +226,26 @@ fn user_entry(uid: u32) -> Option<(String, u32)> {
     Some((name.to_string_lossy().into_owned(), pwd.pw_gid))
 }
 
+/// For the fuzz entry points (`fuzzing.rs`): one request's bytes through the framing
+/// and the routes, as a connection would bring them (no socket, no state).
+pub(crate) fn fuzz_request(data: &[u8]) {
+    use futures_util::FutureExt;
+    let peer = Peer {
+        uid: 0,
+        gid: 0,
+        pid: None,
+    };
+    let mut rd = data;
+    // A byte slice never waits, so the future finishes on its first poll.
+    let req = http::read_request(&mut rd, peer)
+        .now_or_never()
+        .expect("reading from memory never waits");
+    if let Ok(req) = req {
+        let _ = req.query("from");
+        let _ = routes::parse(&req);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

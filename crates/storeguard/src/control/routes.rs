@@ -51,7 +51,7 @@ fn bad(msg: String) -> Response {
 }
 
 /// The request as a command, or the response that refuses it.
-fn parse(req: &Request) -> Result<Command, Response> {
+pub(super) fn parse(req: &Request) -> Result<Command, Response> {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     Ok(match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["v1", "status"]) => Command::Status(Default::default()),

@@ -63,7 +63,10 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
             continue;
         }
         let scan = scan_file(&path)?;
-        let (end, kfs) = extent(&scan, row.start_ns, frame_of(&row.camera));
+        let (end, kfs) = extent(&scan, row.start_ns, frame_of(&row.camera)).unwrap_or_else(|| {
+            tracing::warn!(path = %row.path, "segment times run past the time range; keeping its indexed end");
+            (None, Vec::new())
+        });
         store.recover_segment(
             row.id,
             end.unwrap_or(row.end_ns),
@@ -88,9 +91,13 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
             .unwrap_or_default();
         let camera = rel.split('/').nth(1).unwrap_or("").to_string();
         let scan = scan_file(&file).ok();
-        match (scan, start_from_file_name(&name)) {
-            (Some(scan), Some(start)) if !scan.keyframes.is_empty() => {
-                let (end, kfs) = extent(&scan, start, frame_of(&camera));
+        let start = start_from_file_name(&name);
+        let measured = scan.zip(start).and_then(|(scan, start)| {
+            let (end, kfs) = extent(&scan, start, frame_of(&camera))?;
+            Some((scan, start, end, kfs))
+        });
+        match measured {
+            Some((scan, start, end, kfs)) if !scan.keyframes.is_empty() => {
                 let codec = if scan.stream_type == Some(0x24) {
                     "h265"
                 } else {
@@ -138,32 +145,35 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// End time and keyframe times of a scanned file whose first frame is at `start_ns`.
-/// End (last frame + one frame interval) and keyframes of a scanned file; `frame_ns`
-/// is the interval to assume when the file has a single frame.
-fn extent(
-    scan: &ScanResult,
-    start_ns: i64,
-    frame_ns: Option<i64>,
-) -> (Option<i64>, Vec<(i64, u64)>) {
+/// A scanned file's end time (last frame + one frame interval, if it has frames) and
+/// keyframes (utc_ns, byte offset).
+type Extent = (Option<i64>, Vec<(i64, u64)>);
+
+/// The extent of a scanned file whose first frame is at `start_ns`; `frame_ns` is the
+/// interval to assume when the file has a single frame. None when its times do not fit
+/// the time range (a file name with a garbage time).
+fn extent(scan: &ScanResult, start_ns: i64, frame_ns: Option<i64>) -> Option<Extent> {
     let Some(first) = scan.first_pts else {
-        return (None, Vec::new());
+        return Some((None, Vec::new()));
     };
     let kfs = scan
         .keyframes
         .iter()
-        .map(|(pts, off)| (ScanResult::utc_of(*pts, first, start_ns), *off))
-        .collect();
-    let end = scan.last_pts.map(|last| {
-        let span = ScanResult::utc_of(last, first, start_ns) - start_ns;
-        let frame = if scan.frames > 1 {
-            span / (scan.frames as i64 - 1)
-        } else {
-            frame_ns.unwrap_or(0)
-        };
-        start_ns + span + frame
-    });
-    (end, kfs)
+        .map(|(pts, off)| Some((ScanResult::utc_of(*pts, first, start_ns)?, *off)))
+        .collect::<Option<Vec<_>>>()?;
+    let end = match scan.last_pts {
+        None => None,
+        Some(last) => {
+            let span = ScanResult::utc_of(last, first, start_ns)? - start_ns;
+            let frame = if scan.frames > 1 {
+                span / (scan.frames as i64 - 1)
+            } else {
+                frame_ns.unwrap_or(0)
+            };
+            Some(start_ns.checked_add(span)?.checked_add(frame)?)
+        }
+    };
+    Some((end, kfs))
 }
 
 fn segment_files(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
@@ -205,7 +215,7 @@ mod tests {
             stream_type: Some(0x1B),
         };
         let start = 1_000_000_000_000;
-        let (end, kfs) = extent(&scan, start, Some(66_666_666));
+        let (end, kfs) = extent(&scan, start, Some(66_666_666)).unwrap();
         assert_eq!(end, Some(start + 66_666_666));
         assert_eq!(kfs, vec![(start, 0)]);
         // Two frames tell the interval themselves.
@@ -214,6 +224,9 @@ mod tests {
             last_pts: Some(pts + 6000),
             ..scan
         };
-        assert_eq!(extent(&two, start, None).0, Some(start + 2 * 66_666_666));
+        assert_eq!(
+            extent(&two, start, None).unwrap().0,
+            Some(start + 2 * 66_666_666)
+        );
     }
 }

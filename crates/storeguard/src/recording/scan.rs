@@ -24,7 +24,8 @@ pub struct ScanResult {
 
 impl ScanResult {
     /// UTC of a PTS, given the UTC and PTS of a known point, handling the 33-bit wrap.
-    pub fn utc_of(pts: u64, ref_pts: u64, ref_utc_ns: i64) -> i64 {
+    /// None when it falls outside the time range (a reference time from a garbage name).
+    pub fn utc_of(pts: u64, ref_pts: u64, ref_utc_ns: i64) -> Option<i64> {
         let d = (pts.wrapping_sub(ref_pts)) & ((1 << 33) - 1);
         // Deltas over half the range are backwards steps (B-frames before the reference).
         let d = if d > (1 << 32) {
@@ -32,7 +33,7 @@ impl ScanResult {
         } else {
             d as i64
         };
-        ref_utc_ns + d * 100_000 / 9
+        ref_utc_ns.checked_add(d * 100_000 / 9)
     }
 }
 
@@ -101,8 +102,15 @@ mod tests {
     #[test]
     fn utc_of_handles_wrap() {
         let wrap = 1u64 << 33;
-        assert_eq!(ScanResult::utc_of(90_000, 0, 0), 1_000_000_000);
-        assert_eq!(ScanResult::utc_of(10, wrap - 90_000 + 10, 0), 1_000_000_000);
-        assert_eq!(ScanResult::utc_of(0, 90_000, 5_000_000_000), 4_000_000_000);
+        assert_eq!(ScanResult::utc_of(90_000, 0, 0), Some(1_000_000_000));
+        assert_eq!(
+            ScanResult::utc_of(10, wrap - 90_000 + 10, 0),
+            Some(1_000_000_000)
+        );
+        assert_eq!(
+            ScanResult::utc_of(0, 90_000, 5_000_000_000),
+            Some(4_000_000_000)
+        );
+        assert_eq!(ScanResult::utc_of(90_000, 0, i64::MAX - 10), None);
     }
 }

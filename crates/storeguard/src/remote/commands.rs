@@ -364,6 +364,28 @@ async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> 
     }
 }
 
+/// For the fuzz entry points (`fuzzing.rs`): a command's arguments read and checked as
+/// `run` reads them, without the state that running them needs.
+pub(crate) fn check_args(name: &str, a: &Value) -> Result<(), String> {
+    match name {
+        "snapshot" => args::<Cameras>(name, a).map(drop),
+        "clip" => args::<Span>(name, a).and_then(|s| range(&s.from, &s.to).map(drop)),
+        "hold" => {
+            let h: Hold = args(name, a)?;
+            range(&h.from, &h.to)?;
+            time("expires_at", &h.expires_at).map(drop)
+        }
+        "release" => args::<Release>(name, a).map(drop),
+        "recordings" => args::<Recordings>(name, a).and_then(|r| range(&r.from, &r.to).map(drop)),
+        "button_test" => args::<ButtonTest>(name, a).map(|b| {
+            let _ = Duration::from_millis(b.hold_ms.clamp(1, 10_000));
+        }),
+        "restart_camera" => args::<OneCamera>(name, a).map(drop),
+        "package" => args::<PackageArgs>(name, a).map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// An evidence package of an event, built as a `.zip` on the box and queued for upload:
 /// the answer says what was packaged; the upload then goes on through the outbox.
 async fn package(st: &Arc<State>, event: String, request_id: &str) -> Result<Value, String> {

@@ -404,3 +404,66 @@ impl Drop for HandleInner {
         self.join(Duration::from_secs(2));
     }
 }
+
+/// For the fuzz entry points (`fuzzing.rs`): one inbound message through the gate the
+/// session uses (`on_incoming`), on a link that is not connected, over a store of its own
+/// that lives as long as the process. Returns what the gate forwarded to the remote layer.
+pub(crate) fn fuzz_incoming(
+    topic: &str,
+    payload: &[u8],
+    trusted: &TrustedKeys,
+    site: &str,
+    device: &str,
+) -> Vec<Inbound> {
+    type Fuzzed = (Link, mpsc::UnboundedReceiver<Inbound>);
+    thread_local! {
+        static LINK: std::cell::RefCell<Option<Fuzzed>> = const { std::cell::RefCell::new(None) };
+    }
+    LINK.with_borrow_mut(|slot| {
+        let (link, rx) = slot.get_or_insert_with(|| {
+            let dir = std::env::temp_dir().join(format!("sg-fuzz-uplink-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = Store::open(&dir).expect("open the fuzz store");
+            let broker = parse_broker_url("mqtt://127.0.0.1:1883").expect("a broker url");
+            let (tx, rx) = mpsc::unbounded_channel();
+            let settings = Arc::new(Settings {
+                site: site.to_string(),
+                device: device.to_string(),
+                prefix: topics::prefix(site, device),
+                broker: broker.clone(),
+                client_id: device.to_string(),
+                data_dir: dir,
+                window: 16,
+                chunk_size: 64 << 10,
+                max_message: 256 << 10,
+                rate_limit: None,
+                limits: Limits::default(),
+                ack_timeout: Duration::from_secs(60),
+                trusted: trusted.clone(),
+                max_inbound: 64 << 10,
+                inbound: Some(tx),
+            });
+            let opts = ConnectOpts {
+                broker,
+                client_id: device.to_string(),
+                credentials: None,
+                tls: TlsFiles::default(),
+                keepalive: Duration::from_secs(30),
+                persistent: false,
+                max_packet: 64 << 10,
+                receive_max: INBOUND_RECEIVE_MAX,
+                inflight: 64,
+                will: None,
+            };
+            let (client, _never_polled) = session::client(&opts).expect("an MQTT client");
+            let shared = Arc::new(Mutex::new(Shared::default()));
+            (Link::new(settings, store, client, shared), rx)
+        });
+        link.on_incoming(topic, payload);
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(m);
+        }
+        out
+    })
+}

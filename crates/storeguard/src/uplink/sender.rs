@@ -839,7 +839,7 @@ impl Link {
 
     /// Everything the broker sends the box. Nothing here may end the session: whatever
     /// cannot be used is counted, logged and (if retained) cleared.
-    fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
+    pub(crate) fn on_incoming(&mut self, topic: &str, payload: &[u8]) {
         let Some(p) = topics::parse(topic) else {
             return self.inbound_refused(topic, "not a storeguard/v1 topic");
         };

@@ -11,6 +11,7 @@ mod detection;
 mod disk;
 mod evidence_mp4;
 mod fakecam;
+mod fuzz_corpus;
 mod ingest;
 mod isb;
 mod package;
