@@ -7,12 +7,14 @@ use std::process::Command;
 use storeguard_fixtures::harness::*;
 
 /// Runs `sg-campaign` with `args`; fails the test with its output unless every check passed.
+/// How much video a fault costs depends on the machine's load (a late sync round): here
+/// it may be up to a second over the bound, which `scripts/campaign.sh` measures.
 fn campaign(args: &[&str]) {
     let mut rng = Rng::new("campaign");
     let seed = rng.next_u64().to_string();
     let out = Command::new(storeguard_fixtures::fixture_bin("sg-campaign"))
         .args(args)
-        .args(["--seed", &seed])
+        .args(["--seed", &seed, "--loss-slack-ms", "1000"])
         .output()
         .expect("run sg-campaign (cargo build --workspace --bins)");
     let text = format!(
