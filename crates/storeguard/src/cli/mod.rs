@@ -274,10 +274,15 @@ pub fn dispatch(args: Args) -> Result<u8> {
                 "/v1/buttons/{}/press?test={test}&hold_ms={hold_ms}",
                 percent_encode(name)
             );
-            args.client().call("POST", &path, None)?;
-            println!(
-                "test press injected on {name}; see `storeguard events` for the event and its clips"
-            );
+            let v = args.client().call("POST", &path, None)?;
+            match v["event_id"].as_str() {
+                Some(id) => println!(
+                    "test press on {name} recorded as event {id}; see `storeguard events` for its clips"
+                ),
+                None => println!(
+                    "test press injected on {name} (not confirmed as a new event yet); see `storeguard events`"
+                ),
+            }
             Ok(exit::OK)
         }
         Cmd::Events { since, limit, json } => {

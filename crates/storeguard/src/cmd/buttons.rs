@@ -3,10 +3,11 @@
 use super::{Caller, CmdError, Reply};
 use crate::button::service::InjectError;
 use crate::state::State;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use storeguard_base::{now_ns, utc_ms};
+use tokio::sync::broadcast;
 
 fn refused(e: InjectError) -> CmdError {
     match e {
@@ -40,16 +41,47 @@ pub struct Press {
 
 impl Press {
     pub const DEFAULT_HOLD: Duration = Duration::from_millis(200);
+    /// Debounce plus one commit, with room for a loaded box.
+    const CONFIRM: Duration = Duration::from_secs(5);
 
-    pub fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
+    /// Injects the press and waits (briefly) for what became of it: the event recorded,
+    /// or refused by the database. A press merged into one still held records nothing
+    /// new; after `CONFIRM` the reply says only that it was injected.
+    pub async fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
+        let mut outcome = st.incidents.watch.subscribe();
         st.buttons()
             .press(&self.button, self.hold, self.test)
             .map_err(refused)?;
         tracing::info!(button = %self.button, test = self.test, uid = ?caller.uid, via = ?caller.via, "press injected");
+        let name = self.button.as_str();
+        let recorded = tokio::time::timeout(self.hold + Self::CONFIRM, async {
+            loop {
+                match outcome.recv().await {
+                    Ok(v) if v["button"] != name => {}
+                    Ok(v) if v["kind"] == "not_recorded" => {
+                        return Err(v["error"].as_str().unwrap_or("unknown").to_string());
+                    }
+                    Ok(v) if v["event_id"].is_string() => return Ok(v["event_id"].clone()),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(Value::Null),
+                }
+            }
+        })
+        .await;
+        let event_id = match recorded {
+            Ok(Ok(id)) => id,
+            Ok(Err(why)) => {
+                return Err(CmdError::Unavailable(format!(
+                    "the press on {name} was NOT recorded: {why}; the daemon keeps trying to record it"
+                )));
+            }
+            Err(_) => Value::Null,
+        };
         Ok(Reply::Accepted(json!({
             "button": self.button,
             "test": self.test,
             "hold_ms": self.hold.as_millis() as u64,
+            "event_id": event_id,
         })))
     }
 }

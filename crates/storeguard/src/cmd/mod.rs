@@ -118,7 +118,7 @@ impl Command {
             Command::Doctor(c) => c.apply(st).await,
             Command::Outbox(c) => c.apply(st).await,
             Command::Buttons(c) => c.apply(st),
-            Command::Press(c) => c.apply(st, caller),
+            Command::Press(c) => c.apply(st, caller).await,
             Command::Edges(c) => c.apply(st, caller),
             Command::Watch(c) => c.apply(st),
             Command::Events(c) => c.apply(st).await,

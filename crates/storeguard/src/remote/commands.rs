@@ -349,7 +349,8 @@ async fn run(st: &Arc<State>, name: &str, c: &Command) -> Result<Value, String> 
                     test: true,
                     hold,
                 }
-                .apply(st, caller()),
+                .apply(st, caller())
+                .await,
             )
         }
         "restart_camera" => {
