@@ -180,18 +180,31 @@ fn child_sqlite_writer() {
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
     c.pragma_update(None, "wal_autocheckpoint", 50).unwrap();
-    c.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, pad BLOB)")
-        .unwrap();
+    // A small page cache: a transaction spills pages into the WAL before its commit,
+    // so a kill mid-transaction leaves unsynced WAL frames for the cut to drop.
+    c.pragma_update(None, "cache_size", 8).unwrap();
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, pad BLOB);
+         CREATE TABLE IF NOT EXISTS filler (pad BLOB);",
+    )
+    .unwrap();
     let first: i64 = c
         .query_row("SELECT coalesce(max(id), 0) + 1 FROM t", [], |r| r.get(0))
         .unwrap();
     let out = std::io::stdout();
+    let mut c = c;
     for id in first.. {
-        c.execute(
+        let tx = c.transaction().unwrap();
+        tx.execute(
             "INSERT INTO t (id, pad) VALUES (?1, zeroblob(?2))",
             (id, 100 + (id * 37) % 3000),
         )
         .unwrap();
+        for _ in 0..(id % 24) {
+            tx.execute("INSERT INTO filler (pad) VALUES (zeroblob(3000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
         let mut o = out.lock();
         writeln!(o, "committed {id}").unwrap();
         o.flush().unwrap();
