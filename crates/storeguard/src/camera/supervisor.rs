@@ -90,6 +90,8 @@ struct Slot {
     offline_reported: bool,
     /// A `camera_clock_off` health event is standing.
     clock_off: bool,
+    /// A `recording_write_failed` health event is standing.
+    write_fault_reported: bool,
     rate_at: Instant,
     rate_frames: u64,
     rate_bytes: u64,
@@ -272,6 +274,7 @@ fn apply(
             offline_since: None,
             offline_reported: false,
             clock_off: false,
+            write_fault_reported: false,
             rate_at: now,
             rate_frames: 0,
             rate_bytes: 0,
@@ -373,6 +376,7 @@ fn tick(slot: &mut Slot, t: &Timing, recorder: &Recorder, rng: &mut u64) {
                 .health_event(now_ns(), "camera_offline", Some(&slot.cfg.id), &detail);
     }
     check_camera_clock(slot, &live, t, recorder);
+    check_write_fault(slot, recorder);
     let dt = slot.rate_at.elapsed();
     if dt >= Duration::from_secs(2) {
         let bytes = live.bytes.load(Ordering::Relaxed);
@@ -422,6 +426,39 @@ fn check_camera_clock(slot: &mut Slot, live: &super::Live, t: &Timing, recorder:
     }
 }
 
+/// A recording that cannot be written raises `recording_write_failed` (and
+/// `recording_write_ok` once it is durable again). While the database cannot commit the
+/// event either, it is tried again every tick.
+fn check_write_fault(slot: &mut Slot, recorder: &Recorder) {
+    let fault = lock(&slot.writer).fault().cloned();
+    let id = &slot.cfg.id;
+    match (fault, slot.write_fault_reported) {
+        (Some(f), false) => {
+            let detail = format!("recording cannot be written: {}", f.error);
+            if recorder
+                .store()
+                .health_event(now_ns(), "recording_write_failed", Some(id), &detail)
+                .is_ok()
+            {
+                tracing::error!(camera = %id, "{detail}");
+                slot.write_fault_reported = true;
+            }
+        }
+        (None, true) => {
+            let detail = "recording is written and durable again";
+            if recorder
+                .store()
+                .health_event(now_ns(), "recording_write_ok", Some(id), detail)
+                .is_ok()
+            {
+                tracing::info!(camera = %id, "{detail}");
+                slot.write_fault_reported = false;
+            }
+        }
+        _ => {}
+    }
+}
+
 fn fail(slot: &mut Slot, msg: String, t: Option<(&Timing, &mut u64)>) {
     slot.src.stop();
     let now = now_ns();
@@ -467,11 +504,17 @@ fn snapshot(s: &Slot) -> CameraHealth {
     let last = live.last_frame_mono.load(Ordering::Relaxed);
     let fmt = *lock(&live.format);
     let w = lock(&s.writer);
+    let fault = w.fault().filter(|_| s.phase == Phase::Recording);
     CameraHealth {
         id: s.cfg.id.clone(),
         name: s.cfg.name.clone(),
         url: mask_url(&s.cfg.url),
-        state: s.phase.name(),
+        // Frames arrive but don't reach the disk: not recording, whatever the stream does.
+        state: if fault.is_some() {
+            "write-error"
+        } else {
+            s.phase.name()
+        },
         ingest: s.cfg.ingest.name(),
         codec: fmt.map(|f| crate::recording::writer::codec_name(f.codec)),
         width: fmt.map(|f| f.width).unwrap_or(0),
@@ -480,7 +523,9 @@ fn snapshot(s: &Slot) -> CameraHealth {
         bitrate_kbps: s.kbps.round(),
         last_frame_age_s: (last > 0).then(|| (mono_ns().saturating_sub(last)) as f64 / 1e9),
         reconnects: s.reconnects,
-        last_error: s.last_error.clone(),
+        last_error: fault
+            .map(|f| f.error.clone())
+            .or_else(|| s.last_error.clone()),
         offline_since_ns: s.offline_since.map(|o| o.1),
         clock_steps: live.clock_steps.load(Ordering::Relaxed),
         frames: w.stats.frames,

@@ -276,7 +276,7 @@ pub fn dispatch(args: Args) -> Result<u8> {
             );
             let v = args.client().call("POST", &path, None)?;
             println!(
-                "test press on {name} accepted: event {}; see `storeguard events` for its clips",
+                "test press on {name} recorded as event {}; see `storeguard events` for its clips",
                 v["event_id"].as_str().unwrap_or("-")
             );
             Ok(exit::OK)

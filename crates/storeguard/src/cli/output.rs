@@ -261,6 +261,9 @@ pub fn watch_line(v: &Value) -> String {
     if let Some(p) = v["path"].as_str() {
         line.push_str(&format!("  {p}"));
     }
+    if let Some(e) = v["error"].as_str() {
+        line.push_str(&format!("  NOT recorded yet: {e}"));
+    }
     line
 }
 

@@ -3,10 +3,11 @@
 use super::{Caller, CmdError, Reply};
 use crate::button::service::InjectError;
 use crate::state::State;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use storeguard_base::{now_ns, utc_ms};
+use tokio::sync::broadcast;
 
 fn refused(e: InjectError) -> CmdError {
     match e {
@@ -45,6 +46,9 @@ const COMMIT_WAIT: Duration = Duration::from_secs(5);
 impl Press {
     pub const DEFAULT_HOLD: Duration = Duration::from_millis(200);
 
+    /// Injects the press and answers once its event is committed (naming it), or once the
+    /// database refused it; a press merged into one still held answers with that press's
+    /// event. Only a committed press is reported accepted.
     pub async fn apply(self, st: &Arc<State>, caller: Caller) -> Result<Reply, CmdError> {
         // Subscribed before injecting, so the event's notice cannot be missed.
         let mut events = st.incidents.watch.subscribe();
@@ -53,37 +57,44 @@ impl Press {
             .map_err(refused)?;
         tracing::info!(button = %self.button, test = self.test, uid = ?caller.uid, via = ?caller.via, "press injected");
         let injected = std::time::Instant::now();
+        let name = self.button.as_str();
         let committed = async {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 match events.recv().await {
-                    Ok(v) if v["button"] == self.button.as_str() => {
+                    Ok(v) if v["button"] == name => {
+                        if v["kind"] == "not_recorded" {
+                            return Err(v["error"].as_str().unwrap_or("unknown").to_string());
+                        }
                         if let Some(id) = v["event_id"].as_str() {
-                            return Some((id.to_string(), v["kind"].clone()));
+                            return Ok(Some((id.to_string(), v["kind"].clone())));
                         }
                         // Released after our own release without an event of ours: the
                         // press joined one already held, whose event it is.
                         if v["kind"] == "released" && injected.elapsed() >= self.hold {
-                            return joined_press(st, &self.button).await;
+                            return Ok(joined_press(st, &self.button).await);
                         }
                     }
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return None,
+                    Err(RecvError::Closed) => return Ok(None),
                 }
             }
         };
-        let (event_id, kind) = tokio::time::timeout(COMMIT_WAIT + self.hold, committed)
-            .await
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                CmdError::Unavailable(format!(
-                    "press injected on {} but no event was committed within {:?}; \
-                     see the daemon's log",
-                    self.button,
-                    COMMIT_WAIT + self.hold
-                ))
-            })?;
+        let wait = COMMIT_WAIT + self.hold;
+        let (event_id, kind) = match tokio::time::timeout(wait, committed).await {
+            Ok(Ok(Some(found))) => found,
+            Ok(Err(why)) => {
+                return Err(CmdError::Unavailable(format!(
+                    "the press on {name} was NOT recorded: {why}; the daemon keeps trying to record it"
+                )));
+            }
+            Ok(Ok(None)) | Err(_) => {
+                return Err(CmdError::Unavailable(format!(
+                    "press injected on {name} but no event was committed within {wait:?}; \
+                     see the daemon's log"
+                )));
+            }
+        };
         Ok(Reply::Accepted(json!({
             "button": self.button,
             "test": self.test,

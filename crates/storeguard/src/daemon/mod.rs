@@ -30,6 +30,8 @@ use storeguard_base::{shutdown, utc_ms};
 use storeguard_proto::DeviceKey;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// How often a button event the database refused is tried again.
+const PRESS_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown may take before we stop waiting for components.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 /// Exit code when a second signal cuts the drain short.
@@ -187,14 +189,40 @@ async fn run_async(
             };
             let press = (trigger.kind == "isb_press")
                 .then(|| (trigger.cameras.clone(), trigger.window, trigger.at_ns));
-            match st.incidents.trigger(trigger, &cfg.site).await {
-                // The today image follows the committed alert; it never holds it up.
-                Ok(uid) => {
-                    if let Some((cameras, Some((from, _)), at)) = press {
-                        tokio::spawn(detection::today_images(st.clone(), uid, cameras, from, at));
+            // A press the database cannot take yet is kept and tried again, never dropped
+            // (and `button press` is told it was not recorded).
+            let mut told = false;
+            let mut stop = st.shutdown.subscribe();
+            loop {
+                match st.incidents.trigger(trigger.clone(), &cfg.site).await {
+                    // The today image follows the committed alert; it never holds it up.
+                    Ok(uid) => {
+                        if let Some((cameras, Some((from, _)), at)) = press {
+                            tokio::spawn(detection::today_images(
+                                st.clone(),
+                                uid,
+                                cameras,
+                                from,
+                                at,
+                            ));
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(button = %sig.button, "recording button event failed; trying again: {e:#}");
+                        if !told {
+                            told = true;
+                            let _ = st.incidents.watch.send(json!({
+                                "at": utc_ms(sig.utc_ns), "button": sig.button,
+                                "kind": "not_recorded", "error": format!("{e:#}"),
+                            }));
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(PRESS_RETRY) => {}
+                            _ = stop.stopped() => return,
+                        }
                     }
                 }
-                Err(e) => tracing::error!("recording button event failed: {e:#}"),
             }
         }
     });

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use storeguard_base::now_ns;
-pub use writer::{Frame, Keyframe, KeyframeTap, SegmentWriter, StreamFormat};
+pub use writer::{DiskFault, Frame, Keyframe, KeyframeTap, SegmentWriter, StreamFormat};
 
 pub type SharedWriter = Arc<Mutex<SegmentWriter>>;
 
@@ -295,11 +295,17 @@ fn sync_round(shared: &Shared, writers: &[SharedWriter]) {
             cp
         };
         gaps.extend(cp.gaps);
+        segments.extend(cp.rows);
         for (progress, file) in cp.items {
             match file.sync_data() {
-                Ok(()) => segments.push(progress),
+                Ok(()) => {
+                    lock(w).synced(&progress);
+                    segments.push(progress)
+                }
                 Err(e) => {
                     tracing::error!(camera = %progress.camera, path = %progress.path, error = %e, "fsync failed; not indexing unsynced data");
+                    // The segment ends at its last durable point; the rest is a gap.
+                    lock(w).sync_failed(&progress, &e);
                     shared.evict_now.store(true, Ordering::Relaxed);
                 }
             }

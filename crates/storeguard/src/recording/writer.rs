@@ -81,6 +81,9 @@ struct Open {
     /// Extent at the last checkpoint that flushed cleanly: what is known to be in the
     /// file, whole frames only. A later failed write cuts the segment back to it.
     flushed: Extent,
+    /// Extent at the last successful fsync. A failed fsync ends the segment here: what
+    /// followed may never reach the disk, whatever a later fsync says.
+    durable: Extent,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,7 +96,18 @@ struct Extent {
 /// What the syncer must make durable and index for one camera.
 pub struct Checkpoint {
     pub items: Vec<(SegmentProgress, File)>,
+    /// Rows about bytes already durable (a segment closed at its last fsynced end).
+    pub rows: Vec<SegmentProgress>,
     pub gaps: Vec<GapChange>,
+}
+
+/// A write or fsync of the recording failed: standing until frames written after it
+/// are durable again. What `cameras`, `doctor` and the health events show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiskFault {
+    /// What failed, on which path, with the errno.
+    pub error: String,
+    pub since_ns: i64,
 }
 
 pub struct SegmentWriter {
@@ -108,7 +122,11 @@ pub struct SegmentWriter {
     epoch: i64,
     cur: Option<Open>,
     closed: Vec<(SegmentProgress, File)>,
+    rows: Vec<SegmentProgress>,
     gaps: Vec<GapChange>,
+    fault: Option<DiskFault>,
+    /// Where the open gap ends once the frames after it are durable (while faulted).
+    gap_close_at: Option<i64>,
     /// End of the last written frame; where the next gap would start.
     last_end_ns: Option<i64>,
     last_dts_ns: Option<i64>,
@@ -154,7 +172,10 @@ impl SegmentWriter {
             epoch: storeguard_base::clock::box_clock().epoch,
             cur: None,
             closed: Vec::new(),
+            rows: Vec::new(),
             gaps: Vec::new(),
+            fault: None,
+            gap_close_at: None,
             last_end_ns,
             last_dts_ns: None,
             frame_ns: DEFAULT_FRAME_NS,
@@ -332,8 +353,7 @@ impl SegmentWriter {
         if rotate {
             self.close_current();
             if let Err(e) = self.open(f.pts_utc_ns.min(dts), format, params.clone()) {
-                self.stats.write_errors += 1;
-                self.stats.last_error = Some(e.to_string());
+                self.record_error(e.to_string());
                 let at = self.last_end_ns.unwrap_or(dts);
                 self.mark_down(&format!("cannot create a segment: {e}"), at);
                 return Err(e);
@@ -376,8 +396,8 @@ impl SegmentWriter {
             Err(e) => {
                 // The file's tail is undefined now: the segment ends where its last
                 // flushed frame ended, and the lost time is a gap, never silent.
-                self.stats.write_errors += 1;
-                self.stats.last_error = Some(e.to_string());
+                let path = self.data_dir.join(&cur.rel);
+                self.record_error(format!("writing {}: {e}", path.display()));
                 if let Some(c) = self.cur.take() {
                     self.finish(c);
                 }
@@ -389,7 +409,10 @@ impl SegmentWriter {
     }
 
     fn note_gap(&mut self, dts: i64) {
-        if self.gap_open {
+        if self.gap_open && self.fault.is_some() {
+            // Frames again, but on a failing disk: the gap ends only once they are durable.
+            self.gap_close_at.get_or_insert(dts);
+        } else if self.gap_open {
             self.gaps.push(GapChange::Close {
                 camera: self.camera.clone(),
                 end_ns: dts,
@@ -429,10 +452,14 @@ impl SegmentWriter {
     ) -> io::Result<()> {
         let rel = segment_rel_path(&self.camera, start_ns);
         let abs = self.data_dir.join(&rel);
-        if let Some(dir) = abs.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().write(true).create_new(true).open(&abs)?;
+        let created = (|| {
+            if let Some(dir) = abs.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            OpenOptions::new().write(true).create_new(true).open(&abs)
+        })();
+        let file = created
+            .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", abs.display())))?;
         self.ts.as_mut().expect("format set").start_file();
         self.cur = Some(Open {
             rel,
@@ -445,6 +472,11 @@ impl SegmentWriter {
             new_keyframes: Vec::new(),
             epoch: self.epoch,
             flushed: Extent {
+                bytes: 0,
+                end_ns: start_ns,
+                frames: 0,
+            },
+            durable: Extent {
                 bytes: 0,
                 end_ns: start_ns,
                 frames: 0,
@@ -481,6 +513,10 @@ impl SegmentWriter {
         let keep = c.flushed;
         if let Err(e) = &flushed {
             tracing::error!(camera = %self.camera, path = %c.rel, error = %e, kept_bytes = keep.bytes, "closing segment failed; keeping what was flushed before");
+            let path = self.data_dir.join(&c.rel);
+            self.record_error(format!("writing {}: {e}", path.display()));
+            // The time after the kept part is lost: the next frame states it as a gap.
+            self.down_reason = Some(format!("write failed: {e}"));
         }
         self.last_end_ns = Some(keep.end_ns);
         c.end_ns = keep.end_ns;
@@ -546,8 +582,8 @@ impl SegmentWriter {
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::error!(camera = %self.camera, path = %c.rel, error = %e, "flushing segment failed; closing it");
-                    self.stats.write_errors += 1;
-                    self.stats.last_error = Some(e.to_string());
+                    let path = self.data_dir.join(&c.rel);
+                    self.record_error(format!("writing {}: {e}", path.display()));
                     self.finish(c);
                     items.append(&mut self.closed);
                     let at = self.last_end_ns.unwrap_or(0);
@@ -557,8 +593,99 @@ impl SegmentWriter {
         }
         Checkpoint {
             items,
+            rows: std::mem::take(&mut self.rows),
             gaps: std::mem::take(&mut self.gaps),
         }
+    }
+
+    /// The standing write fault, if any.
+    pub fn fault(&self) -> Option<&DiskFault> {
+        self.fault.as_ref()
+    }
+
+    fn record_error(&mut self, error: String) {
+        // Whatever was written since the gap is lost with it: the gap ends later.
+        self.gap_close_at = None;
+        self.stats.write_errors += 1;
+        self.stats.last_error = Some(error.clone());
+        match &mut self.fault {
+            Some(f) => f.error = error,
+            None => {
+                self.fault = Some(DiskFault {
+                    error,
+                    since_ns: storeguard_base::now_ns(),
+                })
+            }
+        }
+    }
+
+    /// The syncer fsynced `p`'s bytes. Frames written after the fault began being durable
+    /// end the fault, and the gap it opened.
+    pub fn synced(&mut self, p: &SegmentProgress) {
+        if let Some(c) = self.cur.as_mut().filter(|c| c.rel == p.path) {
+            c.durable = Extent {
+                bytes: p.bytes,
+                end_ns: p.end_ns,
+                frames: p.frames,
+            };
+        }
+        let Some(f) = &self.fault else {
+            return;
+        };
+        if p.frames == 0 || p.end_ns <= f.since_ns {
+            return;
+        }
+        tracing::info!(camera = %self.camera, path = %p.path, "recording is durable again");
+        self.fault = None;
+        if let Some(end_ns) = self.gap_close_at.take()
+            && self.gap_open
+        {
+            self.gaps.push(GapChange::Close {
+                camera: self.camera.clone(),
+                end_ns,
+            });
+            self.gap_open = false;
+            self.down_reason = None;
+        }
+    }
+
+    /// fsync of `p`'s file failed: nothing after its last durable point can be trusted
+    /// (a later fsync may report success for pages the kernel already dropped), so the
+    /// segment ends there and the time since is a gap.
+    pub fn sync_failed(&mut self, p: &SegmentProgress, e: &io::Error) {
+        let path = self.data_dir.join(&p.path);
+        self.record_error(format!("fsync {}: {e}", path.display()));
+        let reason = format!("fsync failed: {e}");
+        let Some(c) = self.cur.take_if(|c| c.rel == p.path) else {
+            // A closed segment: its unsynced tail is unknown, so all of it is stated.
+            self.gaps.push(GapChange::Closed {
+                camera: self.camera.clone(),
+                start_ns: p.start_ns,
+                end_ns: p.end_ns,
+                reason,
+                epoch: p.clock_epoch,
+            });
+            return;
+        };
+        let d = c.durable;
+        let file = into_file(c.file);
+        if d.frames == 0 {
+            drop(file);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "removing a segment that never became durable failed");
+            }
+        } else {
+            let _ = file.set_len(d.bytes);
+            let mut row = p.clone();
+            (row.bytes, row.end_ns, row.frames) = (d.bytes, d.end_ns, d.frames);
+            row.state = STATE_CLOSED;
+            row.new_keyframes.clear();
+            self.rows.push(row);
+        }
+        self.last_end_ns = Some(if d.frames == 0 { c.start_ns } else { d.end_ns });
+        self.gap_close_at = None;
+        let at = self.last_end_ns.unwrap_or(p.start_ns);
+        self.mark_down(&reason, at);
     }
 
     /// Closes the open segment (shutdown, camera removed). No gap is opened: the next

@@ -12,8 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use serde_json::Value;
+use storeguard_fixtures::broker::{BrokerOpts, MosquittoBroker};
 use storeguard_fixtures::harness::*;
 use storeguard_fixtures::lazyfs::LazyFs;
+
+use crate::isb::{SEC, button, isb_config, pattern_fleet};
+use crate::uplink::Rx;
 
 /// Mounts a fresh lazyfs at `<dir>/<name>` over `<dir>/<name>.backing`; `None` (a logged
 /// skip) where this machine has no FUSE.
@@ -175,15 +180,31 @@ fn child_sqlite_writer() {
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
     c.pragma_update(None, "wal_autocheckpoint", 50).unwrap();
-    c.execute_batch("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, pad BLOB)")
+    // A small page cache: a transaction spills pages into the WAL before its commit,
+    // so a kill mid-transaction leaves unsynced WAL frames for the cut to drop.
+    c.pragma_update(None, "cache_size", 8).unwrap();
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, pad BLOB);
+         CREATE TABLE IF NOT EXISTS filler (pad BLOB);",
+    )
+    .unwrap();
+    let first: i64 = c
+        .query_row("SELECT coalesce(max(id), 0) + 1 FROM t", [], |r| r.get(0))
         .unwrap();
     let out = std::io::stdout();
-    for id in 1.. {
-        c.execute(
+    let mut c = c;
+    for id in first.. {
+        let tx = c.transaction().unwrap();
+        tx.execute(
             "INSERT INTO t (id, pad) VALUES (?1, zeroblob(?2))",
             (id, 100 + (id * 37) % 3000),
         )
         .unwrap();
+        for _ in 0..(id % 24) {
+            tx.execute("INSERT INTO filler (pad) VALUES (zeroblob(3000))", [])
+                .unwrap();
+        }
+        tx.commit().unwrap();
         let mut o = out.lock();
         writeln!(o, "committed {id}").unwrap();
         o.flush().unwrap();
@@ -284,4 +305,185 @@ fn lazyfs_every_descriptor_sees_the_same_pending_data() {
     drop(w);
     assert_eq!(fs_.cut().unwrap().files, 0);
     assert_eq!(fs::read(&p).unwrap(), b"abc");
+}
+
+// ------------------------------------------------------ the daemon on a failing disk
+
+/// A site whose data dir is a lazyfs mount, with two test-pattern cameras, a button on
+/// cam1 and the uplink to `broker`.
+fn faulty_site(broker: &str, urls: &[String]) -> (Site, LazyFs) {
+    let site = Site::new();
+    let fs_ = lazyfs(site.dir.path(), "data", "daemon on lazyfs").expect("FUSE here");
+    let uplink = format!(
+        "\n{}\n[uplink]\nbroker = \"{broker}\"\nmax_reconnect_backoff = \"300ms\"\n",
+        storeguard_fixtures::centre::trust_toml()
+    );
+    let mut cfg = isb_config(urls, "", &button("till", "normally-open", &["cam1"], ""));
+    cfg.push_str(&uplink);
+    site.write_config(&cfg);
+    (site, fs_)
+}
+
+fn cameras(site: &Site) -> Vec<Value> {
+    let out = site.cli(&["cameras", "--json"]);
+    out.expect(0);
+    let v: Value = serde_json::from_str(&out.stdout).expect("cameras --json is JSON");
+    v["cameras"].as_array().cloned().unwrap_or_default()
+}
+
+fn health_kinds(rx: &Rx) -> Vec<(String, String)> {
+    rx.health()
+        .iter()
+        .map(|h| {
+            (
+                h["payload"]["kind"].as_str().unwrap_or("").to_string(),
+                h["payload"]["camera"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn all_recording(site: &Site) -> bool {
+    let c = cameras(site);
+    !c.is_empty() && c.iter().all(|c| c["state"] == "recording")
+}
+
+fn wait_idle(site: &Site) {
+    wait_until_within("the button to be released", Duration::from_secs(30), || {
+        site.status()["buttons"][0]["state"] == "idle"
+    });
+}
+
+/// Closed gaps of `camera` that began at or after `since_ns`, with their reasons.
+fn gaps_since(site: &Site, camera: &str, since_ns: i64) -> Vec<String> {
+    let db = site.db();
+    let mut st = db
+        .prepare(
+            "SELECT reason FROM gap WHERE camera = ?1 AND start_ns >= ?2 AND end_ns IS NOT NULL",
+        )
+        .unwrap();
+    st.query_map((camera, since_ns), |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn count(kinds: &[(String, String)], kind: &str) -> usize {
+    kinds.iter().filter(|(k, _)| k == kind).count()
+}
+
+#[test]
+fn daemon_on_a_failing_disk_keeps_taking_presses_states_every_fault_and_recovers() {
+    if let Err(e) = File::open("/dev/fuse") {
+        skip("daemon on lazyfs", &format!("cannot open /dev/fuse: {e}"));
+        return;
+    }
+    let broker = MosquittoBroker::start(BrokerOpts::default()).unwrap();
+    let rx = Rx::start(&broker.url());
+    rx.wait_subscribed(1);
+    let fleet = pattern_fleet(2);
+    let (site, fs_) = faulty_site(&broker.url(), &[fleet.url(1), fleet.url(2)]);
+    let d = site.start();
+    let minute = Duration::from_secs(60);
+    wait_until_within("both cameras recording", minute, || all_recording(&site));
+
+    let mut presses = 0;
+    for (round, fault) in [
+        "write eio recordings",
+        "fsync eio recordings",
+        "write enospc recordings",
+        "readonly recordings",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Gaps start where the last durable frame ended: a little before the fault.
+        let since = storeguard_base::now_ns() - 3 * SEC;
+        fs_.fault(fault).unwrap();
+        wait_until_within(&format!("{fault}: cameras in write-error"), minute, || {
+            cameras(&site).iter().all(|c| c["state"] == "write-error")
+        });
+        for c in cameras(&site) {
+            let err = c["last_error"].as_str().unwrap_or_default();
+            assert!(
+                err.contains("/recordings/") && err.contains("os error"),
+                "{fault}: {} says {err:?}",
+                c["id"]
+            );
+        }
+        let doc = site.cli(&["doctor"]);
+        assert_ne!(doc.code(), Some(0), "{fault}: doctor passed\n{}", doc.all());
+        for cam in ["cam1", "cam2"] {
+            assert!(
+                doc.stdout.lines().any(|l| l.starts_with("FAIL")
+                    && l.contains(&format!("{cam} write-error"))
+                    && l.contains("/recordings/")
+                    && l.contains("os error")),
+                "{fault}: no failing check for {cam}\n{}",
+                doc.stdout
+            );
+        }
+        // The database is outside the fault: presses are still recorded and sent.
+        wait_idle(&site);
+        let out = site.cli(&["button", "press", "till", "--test"]);
+        out.expect(0);
+        assert!(out.stdout.contains("recorded as event"), "{}", out.all());
+        presses += 1;
+        wait_until_within(&format!("{fault}: the alert upstream"), minute, || {
+            rx.alerts_from("isb-box").len() == presses
+        });
+        wait_until_within(&format!("{fault}: health upstream"), minute, || {
+            count(&health_kinds(&rx), "recording_write_failed") >= 2 * (round + 1)
+        });
+
+        fs_.clear().unwrap();
+        wait_until_within(&format!("{fault} cleared: recording again"), minute, || {
+            all_recording(&site)
+        });
+        wait_until_within(
+            &format!("{fault} cleared: recovery upstream"),
+            minute,
+            || count(&health_kinds(&rx), "recording_write_ok") >= 2 * (round + 1),
+        );
+        for cam in ["cam1", "cam2"] {
+            wait_until_within(&format!("{fault}: {cam}'s gap, closed"), minute, || {
+                gaps_since(&site, cam, since)
+                    .iter()
+                    .any(|r| r.contains("os error"))
+            });
+        }
+        let doc = site.cli(&["doctor"]);
+        assert!(
+            !doc.stdout
+                .lines()
+                .any(|l| l.starts_with("FAIL") && l.contains("camera")),
+            "{fault} cleared: a camera still fails\n{}",
+            doc.stdout
+        );
+    }
+
+    // The whole data dir: the database cannot commit, so no press can be recorded.
+    fs_.fault("write eio").unwrap();
+    wait_idle(&site);
+    let out = site.cli(&["button", "press", "till", "--test"]);
+    assert_ne!(out.code(), Some(0), "a press was claimed\n{}", out.all());
+    assert!(out.all().contains("NOT recorded"), "{}", out.all());
+    fs_.clear().unwrap();
+    // Not lost: recorded once the disk takes it, and the daemon goes on without a restart.
+    wait_until_within("the refused press, recorded after all", minute, || {
+        rx.alerts_from("isb-box").len() == presses + 1
+    });
+    wait_until_within("recording again", minute, || all_recording(&site));
+    wait_idle(&site);
+    site.cli(&["button", "press", "till", "--test"]).expect(0);
+    wait_until_within("a press after the fault", minute, || {
+        rx.alerts_from("isb-box").len() == presses + 2
+    });
+    let mut d = d;
+    assert!(d.is_running(), "the daemon stopped\n{}", d.log());
+    eprintln!(
+        "disk faults: 5 injected, {} presses recorded, lazyfs {:?}",
+        presses + 2,
+        fs_.stats().unwrap()
+    );
 }

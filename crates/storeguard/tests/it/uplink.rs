@@ -167,6 +167,15 @@ impl Rx {
             .collect()
     }
 
+    /// The health reports received (`health.jsonl`), oldest first.
+    pub(crate) fn health(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.out.join("health.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     pub(crate) fn deliveries(&self) -> Vec<String> {
         std::fs::read_to_string(self.out.join("deliveries.log"))
             .unwrap_or_default()
