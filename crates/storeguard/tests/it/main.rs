@@ -14,6 +14,7 @@ mod isb;
 mod package;
 mod recording;
 mod remote;
+mod soak;
 mod systemd_notify;
 mod time;
 mod ts_writer;
