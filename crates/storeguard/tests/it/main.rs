@@ -18,6 +18,7 @@ mod package;
 mod recording;
 mod remote;
 mod security;
+mod soak;
 mod systemd_notify;
 mod time;
 mod ts_writer;
