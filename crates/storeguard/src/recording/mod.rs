@@ -190,17 +190,13 @@ fn syncer(shared: Arc<Shared>) {
         sync_round(&shared, &writers);
         shared.evict_now.store(false, Ordering::Relaxed);
         let policy = lock(&shared.policy).clone();
+        let mut usage = lock(&shared.usage);
         if last_reload.elapsed() >= USAGE_RELOAD {
-            // A camera at a time: a sync round waits for one camera's sum at most.
-            let cameras = lock(&shared.usage).cameras();
-            for cam in cameras {
-                if let Err(e) = lock(&shared.usage).reload_camera(&shared.store, &cam) {
-                    tracing::error!(camera = %cam, "reading the ring's usage failed: {e:#}");
-                }
+            if let Err(e) = usage.reload(&shared.store) {
+                tracing::error!("reading the ring's usage failed: {e:#}");
             }
             last_reload = Instant::now();
         }
-        let mut usage = lock(&shared.usage);
         match ring::enforce_with(&shared.store, &policy, &mut usage) {
             Ok(mut st) => {
                 report_shortfalls(

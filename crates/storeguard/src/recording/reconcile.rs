@@ -6,7 +6,7 @@
 use super::scan::{ScanResult, scan_file};
 use super::writer::start_from_file_name;
 use crate::store::Store;
-use crate::store::recording::{IndexedFile, STATE_OPEN, STATE_RECOVERED, SegmentProgress};
+use crate::store::recording::{IndexedFile, STATE_RECOVERED, SegmentProgress};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -56,20 +56,17 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
         loop {
             let rows = store.segments_by_path(&from, Some(&end), PAGE)?;
             let Some(last) = rows.last() else { break };
-            from = format!("{}\0", last.path);
+            from = format!("{}\0", last.1);
             let full = rows.len() == PAGE;
             for row in rows {
-                let name = &row.path[prefix.len()..];
+                let name = &row.1[prefix.len()..];
                 let present = if name.contains('/') {
-                    store.data_dir().join(&row.path).exists()
+                    store.data_dir().join(&row.1).exists()
                 } else {
                     names.remove(name)
                 };
                 if !present {
                     gone.push(row);
-                } else if row.state == STATE_OPEN {
-                    recover(store, &row)?;
-                    report.recovered.push(row.path);
                 }
             }
             if !full {
@@ -83,6 +80,11 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
         cursor = end;
     }
     missing_between(store, &cursor, None, now, &mut report)?;
+    // Their files are there now (the walk removed the rows of missing ones).
+    for row in store.open_segments()? {
+        recover(store, &row)?;
+        report.recovered.push(row.path);
+    }
     store.close_gaps_left_open()?;
     Ok(report)
 }
@@ -141,7 +143,7 @@ fn missing_between(
 /// camera when many went at once (a directory deleted by hand).
 fn forget(
     store: &Store,
-    rows: Vec<IndexedFile>,
+    rows: Vec<(i64, String)>,
     now: i64,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -149,32 +151,37 @@ fn forget(
         return Ok(());
     }
     for chunk in rows.chunks(PAGE) {
-        store.delete_segments(&chunk.iter().map(|r| r.id).collect::<Vec<_>>())?;
+        store.delete_segments(&chunk.iter().map(|r| r.0).collect::<Vec<_>>())?;
     }
-    let mut cams: Vec<&str> = rows.iter().map(|r| r.camera.as_str()).collect();
+    // `recordings/<camera>/…`: rows come in path order, so a camera's are together.
+    let camera = |p: &str| p.split('/').nth(1).unwrap_or("").to_string();
+    let mut cams: Vec<String> = rows.iter().map(|r| camera(&r.1)).collect();
     cams.dedup();
     for cam in cams {
-        let of: Vec<&IndexedFile> = rows.iter().filter(|r| r.camera == cam).collect();
+        let of: Vec<&str> = rows
+            .iter()
+            .filter(|r| camera(&r.1) == cam)
+            .map(|r| r.1.as_str())
+            .collect();
         if of.len() <= MISSING_ONE_BY_ONE {
-            for r in &of {
+            for p in &of {
                 store.health_event(
                     now,
                     "segment_missing",
-                    Some(cam),
-                    &format!("{} is indexed but gone from disk", r.path),
+                    Some(&cam),
+                    &format!("{p} is indexed but gone from disk"),
                 )?;
             }
         } else {
-            let (first, last) = (of[0], of[of.len() - 1]);
             store.health_event(
                 now,
                 "segment_missing",
-                Some(cam),
+                Some(&cam),
                 &format!(
                     "{} segments ({} to {}) are indexed but gone from disk",
                     of.len(),
-                    first.path,
-                    last.path
+                    of[0],
+                    of[of.len() - 1]
                 ),
             )?;
         }
@@ -183,7 +190,7 @@ fn forget(
     let room = REPORT_PATHS.saturating_sub(report.missing.len());
     report
         .missing
-        .extend(rows.into_iter().take(room).map(|r| r.path));
+        .extend(rows.into_iter().take(room).map(|r| r.1));
     Ok(())
 }
 

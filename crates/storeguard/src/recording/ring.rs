@@ -141,22 +141,6 @@ impl Usage {
         }
     }
 
-    /// Replaces one camera's totals with the index's. Callers serialise this with
-    /// commits; one camera at a time keeps each wait short.
-    pub fn reload_camera(&mut self, store: &Store, camera: &str) -> anyhow::Result<()> {
-        let u = store.camera_usage(camera)?;
-        if u.segments == 0 {
-            self.cameras.remove(camera);
-        } else {
-            self.cameras.insert(camera.to_string(), u);
-        }
-        Ok(())
-    }
-
-    pub fn cameras(&self) -> Vec<String> {
-        self.cameras.keys().cloned().collect()
-    }
-
     pub fn used_bytes(&self) -> u64 {
         self.cameras.values().map(|u| u.bytes).sum()
     }

@@ -143,10 +143,14 @@ pub(super) mod sql {
         )
     }
 
-    /// A chunk of a camera's rows after (start_ns, id) ?2, ?3, for `Store::camera_usage`.
+    pub fn segments_by_path() -> String {
+        "SELECT id, path FROM segment WHERE path >= ?1 AND path < ?2 ORDER BY path LIMIT ?3"
+            .to_string()
+    }
+
+    /// A chunk of the segment table after rowid ?1, in rowid order.
     pub fn usage_chunk() -> String {
-        "SELECT start_ns, id, bytes, end_ns FROM segment WHERE camera = ?1 AND (start_ns, id) > (?2, ?3)
-         ORDER BY start_ns, id LIMIT ?4"
+        "SELECT id, camera, bytes, start_ns, end_ns FROM segment WHERE id > ?1 ORDER BY id LIMIT ?2"
             .to_string()
     }
 
@@ -338,32 +342,23 @@ impl Store {
         self.sq(rows)
     }
 
-    /// Up to `limit` segment rows with `from <= path < to` (None: no upper bound), in
-    /// path order: a seek on the unique path index, so a directory's rows cost only
-    /// themselves (reconciliation walks the ring one directory at a time).
+    /// Up to `limit` (id, path) of segments with `from <= path < to` (None: no upper
+    /// bound), in path order: read from the unique path index alone (it holds both), so
+    /// a directory's rows cost only themselves (reconciliation walks the ring one
+    /// directory at a time).
     pub fn segments_by_path(
         &self,
         from: &str,
         to: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<IndexedFile>> {
+    ) -> Result<Vec<(i64, String)>> {
         let c = self.conn();
-        let mut st = self.sq(c.prepare_cached(
-            "SELECT id, path, camera, state, start_ns, end_ns FROM segment
-             WHERE path >= ?1 AND path < ?2 ORDER BY path LIMIT ?3",
-        ))?;
+        let mut st = self.sq(c.prepare_cached(&sql::segments_by_path()))?;
         // Above every path: U+10FFFF is the largest UTF-8 sequence.
         let to = to.unwrap_or("\u{10FFFF}");
         let rows = st
             .query_map(params![from, to, limit as i64], |r| {
-                Ok(IndexedFile {
-                    id: r.get(0)?,
-                    path: r.get(1)?,
-                    camera: r.get(2)?,
-                    state: r.get(3)?,
-                    start_ns: r.get(4)?,
-                    end_ns: r.get(5)?,
-                })
+                Ok((r.get(0)?, r.get(1)?))
             })
             .and_then(|m| m.collect());
         self.sq(rows)
@@ -402,14 +397,43 @@ impl Store {
         self.sq(c.query_row(&sql::last_end("?1"), [camera], |r| r.get(0)))
     }
 
-    /// What the ring holds per camera, one camera and one chunk of its rows at a time:
-    /// the connection is free between chunks, so a press never waits for the whole sum
-    /// (2.1 M rows on a full ring: 1.2–2 s in one query).
+    /// What the ring holds per camera, summed over the table in rowid order (sequential
+    /// pages: a camera's rows are spread over all of them, so a per-camera walk reads the
+    /// table once per camera), a chunk at a time: the connection is free between chunks,
+    /// so a press never waits for the whole sum (2.1 M rows on a full ring).
     pub fn usage_by_camera(&self) -> Result<Vec<CameraUsage>> {
-        self.indexed_cameras()?
-            .iter()
-            .map(|c| self.camera_usage(c))
-            .collect()
+        const CHUNK: i64 = 4096;
+        let mut by: std::collections::BTreeMap<String, CameraUsage> = Default::default();
+        let mut after = i64::MIN;
+        loop {
+            let c = self.conn();
+            let mut st = self.sq(c.prepare_cached(&sql::usage_chunk()))?;
+            let rows: Vec<(i64, String, i64, i64, i64)> = self.sq(st
+                .query_map(params![after, CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .and_then(|m| m.collect()))?;
+            drop(st);
+            drop(c);
+            let full = rows.len() as i64 == CHUNK;
+            for (id, camera, bytes, start, end) in rows {
+                after = id;
+                let u = by.entry(camera).or_insert_with_key(|cam| CameraUsage {
+                    camera: cam.clone(),
+                    bytes: 0,
+                    segments: 0,
+                    oldest_ns: None,
+                    newest_ns: None,
+                });
+                u.bytes += bytes as u64;
+                u.segments += 1;
+                u.oldest_ns = Some(u.oldest_ns.map_or(start, |o| o.min(start)));
+                u.newest_ns = Some(u.newest_ns.map_or(end, |n| n.max(end)));
+            }
+            if !full {
+                return Ok(by.into_values().collect());
+            }
+        }
     }
 
     /// The cameras with segments, by seeking the camera index once per camera.
@@ -429,38 +453,31 @@ impl Store {
         }
     }
 
-    /// One camera's totals, summed in chunks of its rows in index order.
-    pub fn camera_usage(&self, camera: &str) -> Result<CameraUsage> {
-        const CHUNK: i64 = 4096;
-        let mut u = CameraUsage {
-            camera: camera.to_string(),
-            bytes: 0,
-            segments: 0,
-            oldest_ns: None,
-            newest_ns: None,
-        };
-        let mut after = (i64::MIN, i64::MIN);
-        loop {
+    /// Segments left open (by a crash): a camera's newest, since its writer has one open
+    /// segment at a time and closes it before opening the next.
+    pub fn open_segments(&self) -> Result<Vec<IndexedFile>> {
+        let mut out = Vec::new();
+        for cam in self.indexed_cameras()? {
             let c = self.conn();
-            let mut st = self.sq(c.prepare_cached(&sql::usage_chunk()))?;
-            let rows: Vec<(i64, i64, i64, i64)> = self.sq(st
-                .query_map(params![camera, after.0, after.1, CHUNK], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            let mut st = self.sq(c.prepare_cached(
+                "SELECT id, path, camera, state, start_ns, end_ns FROM segment
+                 WHERE camera = ?1 ORDER BY start_ns DESC LIMIT 4",
+            ))?;
+            let rows: Vec<IndexedFile> = self.sq(st
+                .query_map([&cam], |r| {
+                    Ok(IndexedFile {
+                        id: r.get(0)?,
+                        path: r.get(1)?,
+                        camera: r.get(2)?,
+                        state: r.get(3)?,
+                        start_ns: r.get(4)?,
+                        end_ns: r.get(5)?,
+                    })
                 })
                 .and_then(|m| m.collect()))?;
-            drop(st);
-            drop(c);
-            for &(start, id, bytes, end) in &rows {
-                u.bytes += bytes as u64;
-                u.segments += 1;
-                u.oldest_ns = Some(u.oldest_ns.map_or(start, |o| o.min(start)));
-                u.newest_ns = Some(u.newest_ns.map_or(end, |n| n.max(end)));
-                after = (start, id);
-            }
-            if (rows.len() as i64) < CHUNK {
-                return Ok(u);
-            }
+            out.extend(rows.into_iter().filter(|r| r.state == STATE_OPEN));
         }
+        Ok(out)
     }
 
     /// A camera's oldest start and latest end, from two index seeks.
@@ -781,10 +798,11 @@ mod bounded {
             ("last_end", sql::last_end("?1"), vec![&"a"]),
             ("evictable", sql::evictable(), vec![&"a", &16]),
             ("locked_bytes", sql::locked_bytes(), vec![]),
+            ("usage_chunk", sql::usage_chunk(), vec![&1000, &16]),
             (
-                "usage_chunk",
-                sql::usage_chunk(),
-                vec![&"a", &from, &0, &4096],
+                "segments_by_path",
+                sql::segments_by_path(),
+                vec![&"recordings/a/", &"recordings/a0", &16],
             ),
         ];
         for (name, q, p) in cases {
