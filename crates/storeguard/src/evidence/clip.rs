@@ -57,16 +57,14 @@ pub fn utc(ns: i64) -> DateTime<Utc> {
 
 /// What the ring holds for a camera, for error messages that say what *is* available.
 pub fn available(store: &Store, camera: &str) -> String {
-    match store.usage_by_camera() {
-        Ok(u) => match u.into_iter().find(|u| u.camera == camera) {
-            Some(u) => format!(
-                "the ring holds {} from {} to {}",
-                camera,
-                u.oldest_ns.map(utc_ms).unwrap_or("-".into()),
-                u.newest_ns.map(utc_ms).unwrap_or("-".into())
-            ),
-            None => format!("the ring holds nothing for {camera}"),
-        },
+    match store.camera_extent(camera) {
+        Ok(Some((oldest, newest))) => format!(
+            "the ring holds {} from {} to {}",
+            camera,
+            utc_ms(oldest),
+            utc_ms(newest)
+        ),
+        Ok(None) => format!("the ring holds nothing for {camera}"),
         Err(e) => format!("(ring not readable: {})", storeguard_base::error::chain(&e)),
     }
 }

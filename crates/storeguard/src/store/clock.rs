@@ -441,10 +441,7 @@ impl Store {
     /// bound over its segments, and the steps that corrected any of them.
     pub fn footage_time(&self, camera: &str, from_ns: i64, to_ns: i64) -> Result<FootageTime> {
         let c = self.conn();
-        let mut st = self.sq(c.prepare_cached(
-            "SELECT time_source, time_synced, time_error_ns, clock_step FROM segment
-             WHERE camera = ?1 AND end_ns > ?2 AND start_ns < ?3",
-        ))?;
+        let mut st = self.sq(c.prepare_cached(&super::recording::sql::footage_time()))?;
         let rows: Vec<SegTime> = self.sq(st
             .query_map(params![camera, from_ns, to_ns], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
