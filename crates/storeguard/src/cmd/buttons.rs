@@ -3,11 +3,10 @@
 use super::{Caller, CmdError, Reply};
 use crate::button::service::InjectError;
 use crate::state::State;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use storeguard_base::{now_ns, utc_ms};
-use tokio::sync::broadcast;
 
 fn refused(e: InjectError) -> CmdError {
     match e {
