@@ -32,7 +32,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
@@ -112,6 +112,7 @@ pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>
     let mut rx = Receiver::open(&opts)?;
     let mut backoff = Backoff::new(opts.max_backoff);
     let mut last_err = String::new();
+    let mut owed = VecDeque::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -137,15 +138,12 @@ pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = session::topic_str(&p).unwrap_or("");
                     for (topic, payload) in rx.handle(topic, &p.payload) {
-                        if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
-                            tracing::warn!("receiver: ack not queued: {e}");
-                        }
+                        owed.push_back(Owed::Publish(topic, payload));
                     }
-                    if let Err(e) = client.try_ack(&p) {
-                        tracing::warn!("receiver: PUBACK not queued: {e}");
-                    }
+                    owed.push_back(Owed::Ack(p));
+                    pay(&client, &mut owed);
                 }
-                Ok(_) => {}
+                Ok(_) => pay(&client, &mut owed),
                 Err(e) => {
                     let msg = session::describe(&e);
                     if msg != last_err {
@@ -156,6 +154,32 @@ pub async fn run(opts: ReceiverOpts, stop: impl std::future::Future<Output = ()>
                 }
             }
         }
+    }
+}
+
+/// What the receiver owes the broker, in order: the receipts it signed and the PUBACKs of
+/// what it stored. A burst of verified clips fills rumqttc's request queue; what does not
+/// fit waits here (at most what the broker's Receive Maximum lets it send us) and goes out
+/// as the queue drains, instead of being dropped and left to the box's `ack_timeout`.
+enum Owed {
+    Publish(String, Vec<u8>),
+    Ack(rumqttc::v5::mqttbytes::v5::Publish),
+}
+
+/// Hands the client as much of `owed` as its queue takes, oldest first.
+fn pay(client: &rumqttc::v5::AsyncClient, owed: &mut VecDeque<Owed>) {
+    while let Some(o) = owed.front() {
+        let queued = match o {
+            Owed::Publish(topic, payload) => client
+                .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone())
+                .is_ok(),
+            Owed::Ack(p) => client.try_ack(p).is_ok(),
+        };
+        if !queued {
+            tracing::debug!(waiting = owed.len(), "receiver: MQTT queue full; receipts and PUBACKs wait");
+            return;
+        }
+        owed.pop_front();
     }
 }
 
