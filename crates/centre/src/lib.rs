@@ -176,7 +176,10 @@ fn pay(client: &rumqttc::v5::AsyncClient, owed: &mut VecDeque<Owed>) {
             Owed::Ack(p) => client.try_ack(p).is_ok(),
         };
         if !queued {
-            tracing::debug!(waiting = owed.len(), "receiver: MQTT queue full; receipts and PUBACKs wait");
+            tracing::debug!(
+                waiting = owed.len(),
+                "receiver: MQTT queue full; receipts and PUBACKs wait"
+            );
             return;
         }
         owed.pop_front();

@@ -158,7 +158,8 @@ pub fn segment_scan(data: &[u8]) {
     let day = dir.0.join("recordings/cam01/2026-12-01");
     std::fs::create_dir_all(&day).expect("create the day dir");
     let orphan = format!("cam01-{stamp}.ts");
-    if orphan.contains('/') {
+    // Not a name a file can have (the recorder never makes one): nothing to reconcile.
+    if orphan.contains(['/', '\0']) {
         return;
     }
     std::fs::write(day.join(&orphan), file).expect("write the orphan");
