@@ -415,7 +415,12 @@ fn bench(dir: &Path, presses: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let store = Store::open(dir)?;
     println!("FIGURE open_ms {:.1} ms", ms(t));
-    let usage = store.usage_by_camera()?;
+    let t = Instant::now();
+    let usage = store.camera_usage()?;
+    println!(
+        "FIGURE camera_usage_ms {:.1} ms (the totals start-up reads)",
+        ms(t)
+    );
     let cams: Vec<String> = usage.iter().map(|u| u.camera.clone()).collect();
     let newest = usage.iter().filter_map(|u| u.newest_ns).max().unwrap_or(0);
     let cam = cams.first().cloned().unwrap_or_default();
@@ -435,6 +440,27 @@ fn bench(dir: &Path, presses: usize) -> anyhow::Result<()> {
             );
             Ok(())
         };
+    {
+        let t = Instant::now();
+        let (report, deferred) = storeguard::recording::reconcile::at_start(&store)?;
+        println!(
+            "FIGURE reconcile_at_start_ms {:.1} ms ({} day directories left to the scrub, {} repairs at start)",
+            ms(t),
+            deferred.len(),
+            report.changes()
+        );
+        let t = Instant::now();
+        let mut scrub = storeguard::recording::reconcile::Report::default();
+        for (camera, dir) in &deferred {
+            storeguard::recording::reconcile::reconcile_dir(&store, camera, dir, &mut scrub)?;
+        }
+        println!(
+            "FIGURE scrub_whole_ring_ms {:.0} ms ({} directories, no pauses; {} repairs)",
+            ms(t),
+            deferred.len(),
+            scrub.changes()
+        );
+    }
     time("usage_by_camera", 3, &mut || {
         let _ = store.usage_by_camera()?;
         Ok(())

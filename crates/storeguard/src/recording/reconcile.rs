@@ -6,9 +6,10 @@
 use super::scan::{ScanResult, scan_file};
 use super::writer::start_from_file_name;
 use crate::store::Store;
-use crate::store::recording::{STATE_OPEN, STATE_RECOVERED, SegmentProgress};
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use crate::store::recording::{STATE_RECOVERED, SegmentProgress};
+use anyhow::Context;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -19,6 +20,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// How many repairs it holds.
+    pub fn changes(&self) -> usize {
+        self.recovered.len()
+            + self.missing.len()
+            + self.orphans_indexed.len()
+            + self.unreadable.len()
+    }
+
     pub fn is_clean(&self) -> bool {
         self.recovered.is_empty()
             && self.missing.is_empty()
@@ -27,43 +36,34 @@ impl Report {
     }
 }
 
+/// The whole reconciliation at once: what start-up does, then every directory it left to
+/// the scrub. For the fuzz target and tests; the daemon scrubs in the background.
 pub fn run(store: &Store) -> anyhow::Result<Report> {
+    let (mut report, deferred) = at_start(store)?;
+    for (camera, dir) in deferred {
+        reconcile_dir(store, &camera, &dir, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// What start-up must settle before recording resumes, at a cost that does not grow with
+/// the ring: the segments left open, and per camera the day directories at its two ends,
+/// where a crash or power cut leaves its traces (files created before their first index
+/// commit at the newest end; evicted segments' files not yet unlinked at the oldest).
+/// Returns, oldest first, the other directories, for the background scrub
+/// (`reconcile_dir`): only damage from outside (a lost file, a copied-in one) is there.
+pub fn at_start(store: &Store) -> anyhow::Result<(Report, Vec<(String, PathBuf)>)> {
     let mut report = Report::default();
     let now = storeguard_base::now_ns();
-    let rows = store.all_segments()?;
-    let known: HashSet<String> = rows.iter().map(|r| r.path.clone()).collect();
-    // Each camera's last known segment: a file of one frame says nothing of the frame
-    // interval (its end is that frame plus one interval) nor, if orphaned, of the size.
-    let mut last: HashMap<String, (i64, u32, u32, String)> = HashMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.frames > 1 && r.end_ns > r.start_ns)
-    {
-        let frame = (r.end_ns - r.start_ns) / r.frames as i64;
-        last.insert(
-            r.camera.clone(),
-            (frame, r.width, r.height, r.codec.clone()),
-        );
-    }
-    let frame_of = |camera: &str| last.get(camera).map(|l| l.0);
-    for row in rows {
+    for row in store.open_segments()? {
         let path = store.data_dir().join(&row.path);
         if !path.exists() {
-            store.delete_segment(row.id)?;
-            store.health_event(
-                now,
-                "segment_missing",
-                Some(&row.camera),
-                &format!("{} is indexed but gone from disk", row.path),
-            )?;
-            report.missing.push(row.path);
-            continue;
-        }
-        if row.state != STATE_OPEN {
+            missing(store, now, row.id, &row.camera, row.path, &mut report)?;
             continue;
         }
         let scan = scan_file(&path)?;
-        let (end, kfs) = extent(&scan, row.start_ns, frame_of(&row.camera)).unwrap_or_else(|| {
+        let frame = recent(store, &row.camera)?.map(|r| r.frame_ns);
+        let (end, kfs) = extent(&scan, row.start_ns, frame).unwrap_or_else(|| {
             tracing::warn!(path = %row.path, "segment times run past the time range; keeping its indexed end");
             (None, Vec::new())
         });
@@ -76,73 +76,210 @@ pub fn run(store: &Store) -> anyhow::Result<Report> {
         )?;
         report.recovered.push(row.path);
     }
-    for file in segment_files(&store.data_dir().join("recordings"))? {
-        let rel = file
-            .strip_prefix(store.data_dir())
-            .unwrap_or(&file)
-            .to_string_lossy()
-            .into_owned();
-        if known.contains(&rel) {
-            continue;
-        }
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let camera = rel.split('/').nth(1).unwrap_or("").to_string();
-        let scan = scan_file(&file).ok();
-        let start = start_from_file_name(&name);
-        let measured = scan.zip(start).and_then(|(scan, start)| {
-            let (end, kfs) = extent(&scan, start, frame_of(&camera))?;
-            Some((scan, start, end, kfs))
-        });
-        match measured {
-            Some((scan, start, end, kfs)) if !scan.keyframes.is_empty() => {
-                let codec = if scan.stream_type == Some(0x24) {
-                    "h265"
-                } else {
-                    "h264"
-                };
-                // Most likely the size the camera recorded at just before; 0 if unknown.
-                let (width, height) = last
-                    .get(&camera)
-                    .filter(|l| l.3 == codec)
-                    .map_or((0, 0), |l| (l.1, l.2));
-                let p = SegmentProgress {
-                    camera,
-                    path: rel.clone(),
-                    start_ns: start,
-                    end_ns: end.unwrap_or(start),
-                    bytes: scan.valid_bytes,
-                    frames: scan.frames,
-                    codec,
-                    width,
-                    height,
-                    params: None,
-                    time_source: "recovered",
-                    state: STATE_RECOVERED,
-                    new_keyframes: kfs,
-                    clock_epoch: 0,
-                    time_synced: false,
-                    time_error_ns: None,
-                };
-                store.commit_sync(&[p], &[])?;
-                report.orphans_indexed.push(rel);
-            }
-            _ => {
-                tracing::warn!(path = %rel, "segment file is not readable as recorded video; left in place");
-                store.health_event(
-                    now,
-                    "segment_unreadable",
-                    Some(&camera),
-                    &format!("{rel} could not be read back"),
-                )?;
-                report.unreadable.push(rel);
+    let root = store.data_dir().join("recordings");
+    let mut cameras: BTreeSet<String> = store.indexed_cameras()?.into_iter().collect();
+    if let Ok(dirs) = std::fs::read_dir(&root) {
+        cameras.extend(
+            dirs.flatten()
+                .filter(|d| d.path().is_dir())
+                .map(|d| d.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    let mut deferred = Vec::new();
+    for camera in cameras {
+        let ends = ends(store, &camera)?;
+        for (day, dir) in day_dirs(&root.join(&camera))? {
+            if ends.iter().any(|(lo, hi)| *lo <= day && day <= *hi) {
+                reconcile_dir(store, &camera, &dir, &mut report)?;
+            } else {
+                deferred.push((day, camera.clone(), dir));
             }
         }
     }
     store.close_gaps_left_open()?;
-    Ok(report)
+    deferred.sort();
+    Ok((
+        report,
+        deferred.into_iter().map(|(_, c, d)| (c, d)).collect(),
+    ))
+}
+
+/// The day-directory names (`YYYYMMDD`) start-up checks for a camera: a day either side
+/// of its newest segment and everything after, and a day either side of its oldest
+/// evictable one and everything before (locked evidence, and what the last eviction pass
+/// was deleting). Everything when it has no segments.
+fn ends(store: &Store, camera: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let day = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y%m%d")
+            .to_string()
+    };
+    const DAY: i64 = 86_400_000_000_000;
+    let Some(newest) = store.newest_segments(camera, 1)?.pop() else {
+        return Ok(vec![(String::new(), "~".into())]);
+    };
+    let mut ends = vec![(day(newest.start_ns.saturating_sub(DAY)), "~".to_string())];
+    match store.evictable(camera, 1)?.pop() {
+        Some(old) => ends.push((String::new(), day(old.start_ns.saturating_add(DAY)))),
+        None => ends.push((String::new(), "~".into())),
+    }
+    Ok(ends)
+}
+
+/// One day directory against the rows under its path: rows whose file is gone are
+/// removed and reported; readable files the index doesn't know are indexed. Rows and
+/// names come from the path index and one `read_dir`: no file is opened but the unknown.
+pub fn reconcile_dir(
+    store: &Store,
+    camera: &str,
+    dir: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let now = storeguard_base::now_ns();
+    let rel_of = |p: &Path| {
+        p.strip_prefix(store.data_dir())
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let prefix = format!("{}/", rel_of(dir));
+    // '0' follows '/': every path under the directory, nothing else.
+    let above = format!("{}0", rel_of(dir));
+    let rows = store.segments_by_path(&prefix, Some(&above), i64::MAX as usize)?;
+    let files: BTreeSet<String> = match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "ts"))
+            .map(|p| rel_of(&p))
+            .collect(),
+        // Evicted meanwhile (the scrub runs while the ring turns over).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let known: HashSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    for (id, path) in &rows {
+        if !files.contains(path) {
+            missing(store, now, *id, camera, path.clone(), report)?;
+        }
+    }
+    let mut last = None;
+    for rel in files.iter().filter(|f| !known.contains(f.as_str())) {
+        if last.is_none() {
+            last = Some(recent(store, camera)?);
+        }
+        let last = last.as_ref().and_then(|r| r.as_ref());
+        index_orphan(store, camera, rel, last, now, report)?;
+    }
+    Ok(())
+}
+
+/// What a camera's newest rows say it records: a file of one frame says nothing of the
+/// frame interval (its end is that frame plus one interval) nor, if orphaned, of the size.
+struct Recent {
+    frame_ns: i64,
+    width: u32,
+    height: u32,
+    codec: String,
+}
+
+fn recent(store: &Store, camera: &str) -> anyhow::Result<Option<Recent>> {
+    Ok(store
+        .newest_segments(camera, 8)?
+        .into_iter()
+        .find(|r| r.frames > 1 && r.end_ns > r.start_ns)
+        .map(|r| Recent {
+            frame_ns: (r.end_ns - r.start_ns) / r.frames as i64,
+            width: r.width,
+            height: r.height,
+            codec: r.codec,
+        }))
+}
+
+fn missing(
+    store: &Store,
+    now: i64,
+    id: i64,
+    camera: &str,
+    path: String,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    store.delete_segment(id)?;
+    store.health_event(
+        now,
+        "segment_missing",
+        Some(camera),
+        &format!("{path} is indexed but gone from disk"),
+    )?;
+    report.missing.push(path);
+    Ok(())
+}
+
+/// A file the index doesn't know: indexed from its scan if it is readable video,
+/// otherwise reported and left in place.
+fn index_orphan(
+    store: &Store,
+    camera: &str,
+    rel: &str,
+    recent: Option<&Recent>,
+    now: i64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let file = store.data_dir().join(rel);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let scan = scan_file(&file).ok();
+    let start = start_from_file_name(&name);
+    let measured = scan.zip(start).and_then(|(scan, start)| {
+        let (end, kfs) = extent(&scan, start, recent.map(|r| r.frame_ns))?;
+        Some((scan, start, end, kfs))
+    });
+    match measured {
+        Some((scan, start, end, kfs)) if !scan.keyframes.is_empty() => {
+            let codec = if scan.stream_type == Some(0x24) {
+                "h265"
+            } else {
+                "h264"
+            };
+            // Most likely the size the camera recorded at just before; 0 if unknown.
+            let (width, height) = recent
+                .filter(|r| r.codec == codec)
+                .map_or((0, 0), |r| (r.width, r.height));
+            let p = SegmentProgress {
+                camera: camera.to_string(),
+                path: rel.to_string(),
+                start_ns: start,
+                end_ns: end.unwrap_or(start),
+                bytes: scan.valid_bytes,
+                frames: scan.frames,
+                codec,
+                width,
+                height,
+                params: None,
+                time_source: "recovered",
+                state: STATE_RECOVERED,
+                new_keyframes: kfs,
+                clock_epoch: 0,
+                time_synced: false,
+                time_error_ns: None,
+            };
+            store.commit_sync(&[p], &[])?;
+            report.orphans_indexed.push(rel.to_string());
+        }
+        _ => {
+            tracing::warn!(path = %rel, "segment file is not readable as recorded video; left in place");
+            store.health_event(
+                now,
+                "segment_unreadable",
+                Some(camera),
+                &format!("{rel} could not be read back"),
+            )?;
+            report.unreadable.push(rel.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// A scanned file's end time (last frame + one frame interval, if it has frames) and
@@ -176,23 +313,16 @@ fn extent(scan: &ScanResult, start_ns: i64, frame_ns: Option<i64>) -> Option<Ext
     Some((end, kfs))
 }
 
-fn segment_files(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut out = Vec::new();
-    let Ok(cams) = std::fs::read_dir(root) else {
-        return Ok(out);
+/// A camera's day directories, `(YYYYMMDD, path)` in name order.
+fn day_dirs(camera_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let Ok(days) = std::fs::read_dir(camera_dir) else {
+        return Ok(Vec::new());
     };
-    for cam in cams.flatten() {
-        for day in std::fs::read_dir(cam.path())?.flatten() {
-            if !day.path().is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(day.path())?.flatten() {
-                if f.path().extension().is_some_and(|e| e == "ts") {
-                    out.push(f.path());
-                }
-            }
-        }
-    }
+    let mut out: Vec<(String, PathBuf)> = days
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .map(|d| (d.file_name().to_string_lossy().into_owned(), d.path()))
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -228,5 +358,58 @@ mod tests {
             extent(&two, start, None).unwrap().0,
             Some(start + 2 * 66_666_666)
         );
+    }
+
+    /// Before recording resumes only the two ends are checked; a file lost in the middle
+    /// and one copied in there are found by the scrub's pass over the rest.
+    #[test]
+    fn start_up_checks_the_ends_and_leaves_the_middle_to_the_scrub() {
+        use crate::recording::writer::segment_rel_path;
+        use crate::store::recording::{STATE_CLOSED, STATE_OPEN};
+        const S: i64 = 1_000_000_000;
+        const DAY: i64 = 86_400 * S;
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let t0 = 1_796_000_000 * S;
+        let rows: Vec<SegmentProgress> = (0..6)
+            .map(|k| {
+                let start = t0 + k * DAY;
+                let state = if k == 5 { STATE_OPEN } else { STATE_CLOSED };
+                let path = segment_rel_path("a", start);
+                SegmentProgress::for_test("a", path, start, start + 30 * S, state)
+            })
+            .collect();
+        store.commit_sync(&rows, &[]).unwrap();
+        for (k, r) in rows.iter().enumerate() {
+            let f = d.path().join(&r.path);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            if k != 2 {
+                std::fs::write(&f, b"").unwrap();
+            }
+        }
+        let garbage = |k: i64| {
+            let rel = segment_rel_path("a", t0 + k * DAY + 60 * S);
+            std::fs::write(d.path().join(&rel), b"not video").unwrap();
+            rel
+        };
+        let (middle, newest) = (garbage(3), garbage(5));
+
+        let (report, deferred) = at_start(&store).unwrap();
+        assert_eq!(report.recovered, vec![rows[5].path.clone()]);
+        assert_eq!(report.unreadable, vec![newest]);
+        assert!(report.missing.is_empty(), "{report:?}");
+        let days: Vec<_> = deferred.iter().map(|(_, p)| p.clone()).collect();
+        let day = |k: usize| d.path().join(&rows[k].path).parent().unwrap().to_path_buf();
+        assert_eq!(days, vec![day(2), day(3)]);
+
+        let mut scrub = Report::default();
+        for (camera, dir) in &deferred {
+            reconcile_dir(&store, camera, dir, &mut scrub).unwrap();
+        }
+        assert_eq!(scrub.missing, vec![rows[2].path.clone()]);
+        assert_eq!(scrub.unreadable, vec![middle]);
+        let usage = store.camera_usage().unwrap();
+        // Rows only grow: the open one keeps its indexed bytes though its file is empty.
+        assert_eq!((usage[0].segments, usage[0].bytes), (5, 5000));
     }
 }

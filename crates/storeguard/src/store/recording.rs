@@ -33,6 +33,37 @@ pub struct SegmentProgress {
     pub time_error_ns: Option<i64>,
 }
 
+#[cfg(test)]
+impl SegmentProgress {
+    /// A synced 1000-byte, 450-frame h264 row with a keyframe at its start, for tests.
+    pub(crate) fn for_test(
+        camera: &str,
+        path: String,
+        start_ns: i64,
+        end_ns: i64,
+        state: i64,
+    ) -> Self {
+        SegmentProgress {
+            camera: camera.into(),
+            path,
+            start_ns,
+            end_ns,
+            bytes: 1000,
+            frames: 450,
+            codec: "h264",
+            width: 16,
+            height: 16,
+            params: None,
+            time_source: "arrival",
+            state,
+            new_keyframes: vec![(start_ns, 0)],
+            clock_epoch: 0,
+            time_synced: true,
+            time_error_ns: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum GapChange {
     Open {
@@ -69,17 +100,6 @@ pub struct SegmentRow {
     pub state: i64,
     /// How far a clock step moved its times from those in its file (docs/time.md).
     pub time_shift_ns: i64,
-}
-
-/// A segment row as start-up reconciliation checks it against its file.
-#[derive(Debug, Clone)]
-pub struct IndexedFile {
-    pub id: i64,
-    pub path: String,
-    pub camera: String,
-    pub state: i64,
-    pub start_ns: i64,
-    pub end_ns: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +196,11 @@ pub(super) mod sql {
             "UPDATE gap SET end_ns = max(start_ns, coalesce(({}), start_ns)) WHERE end_ns IS NULL",
             last_end("gap.camera")
         )
+    }
+
+    /// Every open segment, from the partial index `segment_open`.
+    pub fn open_segments() -> String {
+        format!("SELECT {SEGMENT_COLS} FROM segment WHERE state = {STATE_OPEN}")
     }
 
     /// Oldest first from the index: stops after ?2 rows that no lock covers.
@@ -407,7 +432,8 @@ impl Store {
         self.sq(c.query_row(&sql::last_end("?1"), [camera], |r| r.get(0)))
     }
 
-    /// What the ring holds per camera, summed over the table in rowid order (sequential
+    /// What the ring holds per camera, summed from the rows (`camera_usage` reads the
+    /// triggers' totals instead), over the table in rowid order (sequential
     /// pages: a camera's rows are spread over all of them, so a per-camera walk reads the
     /// table once per camera), a chunk at a time: the connection is free between chunks,
     /// so a press never waits for the whole sum (2.1 M rows on a full ring).
@@ -463,29 +489,50 @@ impl Store {
         }
     }
 
-    /// Segments left open (by a crash): a camera's newest, since its writer has one open
-    /// segment at a time and closes it before opening the next.
-    pub fn open_segments(&self) -> Result<Vec<IndexedFile>> {
-        let mut out = Vec::new();
-        for cam in self.indexed_cameras()? {
+    /// Segments left open (by a crash), from the partial index of open rows (schema v9).
+    pub fn open_segments(&self) -> Result<Vec<SegmentRow>> {
+        let c = self.conn();
+        let mut st = self.sq(c.prepare_cached(&sql::open_segments()))?;
+        let rows = st.query_map([], segment_row).and_then(|m| m.collect());
+        self.sq(rows)
+    }
+
+    /// A camera's `n` newest segments, newest first.
+    pub fn newest_segments(&self, camera: &str, n: usize) -> Result<Vec<SegmentRow>> {
+        let c = self.conn();
+        let mut st = self.sq(c.prepare_cached(&format!(
+            "SELECT {SEGMENT_COLS} FROM segment WHERE camera = ?1 ORDER BY start_ns DESC LIMIT ?2"
+        )))?;
+        let rows = st
+            .query_map(params![camera, n as i64], segment_row)
+            .and_then(|m| m.collect());
+        self.sq(rows)
+    }
+
+    /// Each camera's bytes and segments as the triggers keep them (schema v9), with its
+    /// oldest start and latest end: a row and two seeks per camera, whatever the ring
+    /// holds. `usage_by_camera` is the same from the rows themselves.
+    pub fn camera_usage(&self) -> Result<Vec<CameraUsage>> {
+        let totals: Vec<(String, i64, i64)> = {
             let c = self.conn();
             let mut st = self.sq(c.prepare_cached(
-                "SELECT id, path, camera, state, start_ns, end_ns FROM segment
-                 WHERE camera = ?1 ORDER BY start_ns DESC LIMIT 4",
+                "SELECT camera, bytes, segments FROM camera_usage WHERE segments > 0 ORDER BY camera",
             ))?;
-            let rows: Vec<IndexedFile> = self.sq(st
-                .query_map([&cam], |r| {
-                    Ok(IndexedFile {
-                        id: r.get(0)?,
-                        path: r.get(1)?,
-                        camera: r.get(2)?,
-                        state: r.get(3)?,
-                        start_ns: r.get(4)?,
-                        end_ns: r.get(5)?,
-                    })
-                })
-                .and_then(|m| m.collect()))?;
-            out.extend(rows.into_iter().filter(|r| r.state == STATE_OPEN));
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(|m| m.collect());
+            self.sq(rows)?
+        };
+        let mut out = Vec::with_capacity(totals.len());
+        for (camera, bytes, segments) in totals {
+            let extent = self.camera_extent(&camera)?;
+            out.push(CameraUsage {
+                bytes: bytes.max(0) as u64,
+                segments: segments.max(0) as u64,
+                oldest_ns: extent.map(|e| e.0),
+                newest_ns: extent.map(|e| e.1),
+                camera,
+            });
         }
         Ok(out)
     }
@@ -698,24 +745,10 @@ mod bounded {
     const LONG_LEN: i64 = 240;
 
     fn seg(cam: &str, start: i64, len: i64, state: i64) -> SegmentProgress {
-        SegmentProgress {
-            camera: cam.into(),
-            path: format!("recordings/{cam}/d/{cam}-{start}.ts"),
-            start_ns: start,
-            end_ns: start + len,
-            bytes: 1000,
-            frames: 450,
-            codec: "h264",
-            width: 16,
-            height: 16,
-            params: None,
-            time_source: "arrival",
-            state,
-            new_keyframes: vec![(start, 0), (start + 2 * S, 188)],
-            clock_epoch: 0,
-            time_synced: true,
-            time_error_ns: Some(1),
-        }
+        let path = format!("recordings/{cam}/d/{cam}-{start}.ts");
+        let mut p = SegmentProgress::for_test(cam, path, start, start + len, state);
+        p.new_keyframes.push((start + 2 * S, 188));
+        p
     }
 
     /// Cameras a and b: segments 0..N (a's `LONG` spanning `LONG_LEN` of them), a gap
@@ -809,6 +842,7 @@ mod bounded {
             ("evictable", sql::evictable(), vec![&"a", &16]),
             ("locked_bytes", sql::locked_bytes(), vec![]),
             ("usage_chunk", sql::usage_chunk(), vec![&1000, &16]),
+            ("open_segments", sql::open_segments(), vec![]),
             (
                 "segments_by_path",
                 sql::segments_by_path(),
@@ -818,7 +852,9 @@ mod bounded {
         for (name, q, p) in cases {
             let lines = plan(&c, &q);
             assert!(
-                !lines.iter().any(|l| l.starts_with("SCAN segment")
+                // A scan of the partial index `segment_open` reads the open rows only.
+                !lines.iter().any(|l| (l.starts_with("SCAN segment")
+                    && !l.ends_with("USING INDEX segment_open"))
                     || l.starts_with("SCAN keyframe")
                     || l.starts_with("SCAN gap")),
                 "{name} scans a table: {lines:?}"

@@ -204,6 +204,35 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE event ADD COLUMN time_error_ns INTEGER;
      ALTER TABLE event ADD COLUMN clock_step INTEGER;
      ALTER TABLE event ADD COLUMN recorded_at_ns INTEGER;",
+    // 9: start-up that costs the same on a full ring as on an empty one
+    // (docs/persistence.md): each camera's totals kept by triggers, in the transactions
+    // that change its rows, and the segments left open found from their own index. (Not
+    // INSERT OR IGNORE: the upsert that fires the trigger would override its OR IGNORE.)
+    "CREATE TABLE camera_usage (
+        camera TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        segments INTEGER NOT NULL
+     ) STRICT, WITHOUT ROWID;
+     INSERT INTO camera_usage SELECT camera, sum(bytes), count(*) FROM segment GROUP BY camera;
+     CREATE TRIGGER segment_usage_insert AFTER INSERT ON segment BEGIN
+        INSERT INTO camera_usage SELECT new.camera, 0, 0
+         WHERE NOT EXISTS (SELECT 1 FROM camera_usage WHERE camera = new.camera);
+        UPDATE camera_usage SET bytes = bytes + new.bytes, segments = segments + 1
+         WHERE camera = new.camera;
+     END;
+     CREATE TRIGGER segment_usage_delete AFTER DELETE ON segment BEGIN
+        UPDATE camera_usage SET bytes = bytes - old.bytes, segments = segments - 1
+         WHERE camera = old.camera;
+     END;
+     CREATE TRIGGER segment_usage_update AFTER UPDATE OF camera, bytes ON segment BEGIN
+        UPDATE camera_usage SET bytes = bytes - old.bytes, segments = segments - 1
+         WHERE camera = old.camera;
+        INSERT INTO camera_usage SELECT new.camera, 0, 0
+         WHERE NOT EXISTS (SELECT 1 FROM camera_usage WHERE camera = new.camera);
+        UPDATE camera_usage SET bytes = bytes + new.bytes, segments = segments + 1
+         WHERE camera = new.camera;
+     END;
+     CREATE INDEX segment_open ON segment(camera) WHERE state = 0;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
