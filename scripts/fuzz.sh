@@ -2,11 +2,12 @@
 # Runs the cargo-fuzz targets (fuzz/, docs/reliability.md#fuzzing), one after the other
 # (the machine is small), and prints per target: runs executed, coverage, crashes.
 #
-#   scripts/fuzz.sh [--ci] [--merge] [SECONDS_PER_TARGET] [TARGET...]
+#   scripts/fuzz.sh [--ci] [--merge] [--jobs N] [SECONDS_PER_TARGET] [TARGET...]
 #
 #   SECONDS_PER_TARGET  default 60; --ci: 10
 #   TARGET...           default: every target in fuzz/fuzz_targets/
 #   --merge             add what found new coverage to fuzz/corpus/<target> (to commit)
+#   --jobs N            run N targets at a time (default 1; one core each)
 #
 # New inputs go to fuzz/target/new-corpus/<target>, so a run leaves the committed corpus
 # alone unless --merge. A crash is kept in fuzz/artifacts/<target>/; copy it into
@@ -18,15 +19,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
-secs=60 merge=0 targets=()
-for a in "$@"; do
-    case "$a" in
+secs=60 merge=0 jobs=1 targets=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
         --ci) secs=10 ;;
         --merge) merge=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-        [0-9]*) secs=$a ;;
-        *) targets+=("$a") ;;
+        --jobs) jobs=${2:?--jobs needs a number}; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        [0-9]*) secs=$1 ;;
+        *) targets+=("$1") ;;
     esac
+    shift
 done
 if [[ ${#targets[@]} -eq 0 ]]; then
     for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
@@ -56,14 +59,11 @@ t0=$SECONDS
 cargo +nightly fuzz build ${FUZZ_FLAGS:-}
 echo "fuzz.sh: built in $((SECONDS - t0)) s"
 
-failed=()
-printf '%-14s %10s %8s %8s %7s %s\n' target runs cov ft corpus result > target/fuzz-summary.txt
-for t in "${targets[@]}"; do
-    new="target/new-corpus/$t"
+# One target: its run, its summary line in target/fuzz-$t.result, then the merge.
+run_target() {
+    local t=$1 new="target/new-corpus/$1" log="target/fuzz-$1.log" rc=0 runs last cov ft corp result
     mkdir -p "$new" "artifacts/$t" "corpus/$t"
-    log="target/fuzz-$t.log"
     echo "fuzz.sh: $t for $secs s"
-    rc=0
     # Leaks: GStreamer and glib keep process-wide allocations on purpose; off for all,
     # both libFuzzer's check and LeakSanitizer's at exit (which called a clean mp4_cut
     # run of 20k inputs a crash).
@@ -80,16 +80,29 @@ for t in "${targets[@]}"; do
         result=ok
     else
         result="CRASH (exit $rc): $(grep -m1 -oE 'artifacts/[^ ]+' "$log" || echo "see fuzz/$log")"
-        failed+=("$t")
         grep -m3 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$log" | sed 's/^/    /' || true
     fi
     printf '%-14s %10s %8s %8s %7s %s\n' "$t" "${runs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result" \
-        | tee -a target/fuzz-summary.txt
+        | tee "target/fuzz-$t.result"
     if [[ $merge -eq 1 && $rc -eq 0 ]]; then
         # shellcheck disable=SC2086
         cargo +nightly fuzz run ${FUZZ_FLAGS:-} "$t" "corpus/$t" "$new" -- -merge=1 -detect_leaks=0 \
             >"target/fuzz-$t-merge.log" 2>&1 || true
     fi
+}
+
+for t in "${targets[@]}"; do
+    rm -f "target/fuzz-$t.result"
+    while [[ $(jobs -rp | wc -l) -ge $jobs ]]; do wait -n || true; done
+    run_target "$t" &
+done
+wait
+failed=()
+printf '%-14s %10s %8s %8s %7s %s\n' target runs cov ft corpus result > target/fuzz-summary.txt
+for t in "${targets[@]}"; do
+    line=$(cat "target/fuzz-$t.result" 2>/dev/null || echo "$t ? ? ? ? DID NOT FINISH")
+    echo "$line" >> target/fuzz-summary.txt
+    [[ $line == *" ok" ]] || failed+=("$t")
 done
 echo
 cat target/fuzz-summary.txt
