@@ -17,6 +17,8 @@ pub struct Report {
     pub missing: Vec<String>,
     pub orphans_indexed: Vec<String>,
     pub unreadable: Vec<String>,
+    /// Files that held no whole frame (a crash before the first was written): removed.
+    pub removed_empty: Vec<String>,
 }
 
 impl Report {
@@ -26,6 +28,7 @@ impl Report {
             + self.missing.len()
             + self.orphans_indexed.len()
             + self.unreadable.len()
+            + self.removed_empty.len()
     }
 
     pub fn is_clean(&self) -> bool {
@@ -33,6 +36,7 @@ impl Report {
             && self.missing.is_empty()
             && self.orphans_indexed.is_empty()
             && self.unreadable.is_empty()
+            && self.removed_empty.is_empty()
     }
 }
 
@@ -215,8 +219,13 @@ fn missing(
     Ok(())
 }
 
-/// A file the index doesn't know: indexed from its scan if it is readable video,
-/// otherwise reported and left in place.
+/// Below this, a file without a single whole frame is what a crash right after creating a
+/// segment leaves (its PAT/PMT and part of a frame, a few hundred bytes).
+const EMPTY_MAX_BYTES: u64 = 64 * 1024;
+
+/// A file the index doesn't know: indexed from its scan if it is readable video; removed
+/// if it is small and holds no whole frame (no video to keep, and never indexed it would
+/// never be evicted); otherwise reported and left in place.
 fn index_orphan(
     store: &Store,
     camera: &str,
@@ -231,6 +240,10 @@ fn index_orphan(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let scan = scan_file(&file).ok();
+    let len = std::fs::metadata(&file)
+        .map(|m| m.len())
+        .unwrap_or(u64::MAX);
+    let empty = scan.as_ref().is_some_and(|s| s.frames == 0) && len < EMPTY_MAX_BYTES;
     let start = start_from_file_name(&name);
     let measured = scan.zip(start).and_then(|(scan, start)| {
         let (end, kfs) = extent(&scan, start, recent.map(|r| r.frame_ns))?;
@@ -267,6 +280,17 @@ fn index_orphan(
             };
             store.commit_sync(&[p], &[])?;
             report.orphans_indexed.push(rel.to_string());
+        }
+        _ if empty => {
+            tracing::warn!(path = %rel, bytes = len, "segment file holds no whole frame; removed");
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+            store.health_event(
+                now,
+                "segment_empty",
+                Some(camera),
+                &format!("{rel} held no whole frame ({len} bytes, a crash before its first frame); removed"),
+            )?;
+            report.removed_empty.push(rel.to_string());
         }
         _ => {
             tracing::warn!(path = %rel, "segment file is not readable as recorded video; left in place");
@@ -393,10 +417,14 @@ mod tests {
             rel
         };
         let (middle, newest) = (garbage(3), garbage(5));
+        // Too big to be a crash's leftover: kept, and reported.
+        let big = segment_rel_path("a", t0 + 3 * DAY + 90 * S);
+        std::fs::write(d.path().join(&big), vec![0u8; 100 * 1024]).unwrap();
 
         let (report, deferred) = at_start(&store).unwrap();
         assert_eq!(report.recovered, vec![rows[5].path.clone()]);
-        assert_eq!(report.unreadable, vec![newest]);
+        assert_eq!(report.removed_empty, vec![newest.clone()]);
+        assert!(!d.path().join(&newest).exists());
         assert!(report.missing.is_empty(), "{report:?}");
         let days: Vec<_> = deferred.iter().map(|(_, p)| p.clone()).collect();
         let day = |k: usize| d.path().join(&rows[k].path).parent().unwrap().to_path_buf();
@@ -407,7 +435,9 @@ mod tests {
             reconcile_dir(&store, camera, dir, &mut scrub).unwrap();
         }
         assert_eq!(scrub.missing, vec![rows[2].path.clone()]);
-        assert_eq!(scrub.unreadable, vec![middle]);
+        assert_eq!(scrub.removed_empty, vec![middle]);
+        assert_eq!(scrub.unreadable, vec![big.clone()]);
+        assert!(d.path().join(&big).exists());
         let usage = store.camera_usage().unwrap();
         // Rows only grow: the open one keeps its indexed bytes though its file is empty.
         assert_eq!((usage[0].segments, usage[0].bytes), (5, 5000));
