@@ -164,10 +164,11 @@ impl Recorder {
             lock(w).finish_all();
         }
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in [lock(&self.thread).take(), lock(&self.scrub).take()] {
-            if let Some(t) = t {
-                let _ = t.join();
-            }
+        for t in [lock(&self.thread).take(), lock(&self.scrub).take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.join();
         }
         sync_round(&self.shared, &writers);
     }
@@ -278,10 +279,10 @@ fn scrub(shared: Arc<Shared>, dirs: Vec<(String, std::path::PathBuf)>) {
             if let Err(e) = reconcile::reconcile_dir(&shared.store, &camera, &dir, &mut report) {
                 tracing::error!(camera = %camera, dir = %dir.display(), "checking recordings against the index failed: {e:#}");
             }
-            if report.changes() != before {
-                if let Err(e) = usage.reload(&shared.store) {
-                    tracing::error!("reading the ring's usage failed: {e:#}");
-                }
+            if report.changes() != before
+                && let Err(e) = usage.reload(&shared.store)
+            {
+                tracing::error!("reading the ring's usage failed: {e:#}");
             }
         }
         let paused = Instant::now();
