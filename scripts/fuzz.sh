@@ -86,7 +86,7 @@ run_target() {
         | tee "target/fuzz-$t.result"
     if [[ $merge -eq 1 && $rc -eq 0 ]]; then
         # shellcheck disable=SC2086
-        cargo +nightly fuzz run ${FUZZ_FLAGS:-} "$t" "corpus/$t" "$new" -- -merge=1 -detect_leaks=0 \
+        ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" cargo +nightly fuzz run ${FUZZ_FLAGS:-} "$t" "corpus/$t" "$new" -- -merge=1 -detect_leaks=0 \
             >"target/fuzz-$t-merge.log" 2>&1 || true
     fi
 }
