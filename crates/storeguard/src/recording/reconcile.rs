@@ -4,7 +4,7 @@
 //! (crash between file creation and the first index commit) are indexed.
 
 use super::scan::{ScanResult, scan_file};
-use super::writer::start_from_file_name;
+use super::writer::{day_dir_name, start_from_file_name};
 use crate::store::Store;
 use crate::store::recording::{STATE_RECOVERED, SegmentProgress};
 use anyhow::Context;
@@ -32,11 +32,7 @@ impl Report {
     }
 
     pub fn is_clean(&self) -> bool {
-        self.recovered.is_empty()
-            && self.missing.is_empty()
-            && self.orphans_indexed.is_empty()
-            && self.unreadable.is_empty()
-            && self.removed_empty.is_empty()
+        self.changes() == 0
     }
 }
 
@@ -113,18 +109,19 @@ pub fn at_start(store: &Store) -> anyhow::Result<(Report, Vec<(String, PathBuf)>
 /// evictable one and everything before (locked evidence, and what the last eviction pass
 /// was deleting). Everything when it has no segments.
 fn ends(store: &Store, camera: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let day = |ns: i64| {
-        chrono::DateTime::from_timestamp_nanos(ns)
-            .format("%Y%m%d")
-            .to_string()
-    };
     const DAY: i64 = 86_400_000_000_000;
     let Some(newest) = store.newest_segments(camera, 1)?.pop() else {
         return Ok(vec![(String::new(), "~".into())]);
     };
-    let mut ends = vec![(day(newest.start_ns.saturating_sub(DAY)), "~".to_string())];
+    let mut ends = vec![(
+        day_dir_name(newest.start_ns.saturating_sub(DAY)),
+        "~".to_string(),
+    )];
     match store.evictable(camera, 1)?.pop() {
-        Some(old) => ends.push((String::new(), day(old.start_ns.saturating_add(DAY)))),
+        Some(old) => ends.push((
+            String::new(),
+            day_dir_name(old.start_ns.saturating_add(DAY)),
+        )),
         None => ends.push((String::new(), "~".into())),
     }
     Ok(ends)

@@ -776,9 +776,16 @@ pub fn segment_rel_path(camera: &str, start_ns: i64) -> String {
     let t = chrono::DateTime::from_timestamp_nanos(start_ns);
     format!(
         "recordings/{camera}/{}/{camera}-{}.ts",
-        t.format("%Y%m%d"),
+        day_dir_name(start_ns),
         t.format("%Y%m%dT%H%M%S%.3fZ")
     )
+}
+
+/// The day directory (`YYYYMMDD`, UTC) a segment starting at `ns` goes in.
+pub fn day_dir_name(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y%m%d")
+        .to_string()
 }
 
 /// Inverse of `segment_rel_path` for the time part, used to index orphan files.

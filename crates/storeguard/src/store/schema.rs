@@ -206,8 +206,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE event ADD COLUMN recorded_at_ns INTEGER;",
     // 9: start-up that costs the same on a full ring as on an empty one
     // (docs/persistence.md): each camera's totals kept by triggers, in the transactions
-    // that change its rows, and the segments left open found from their own index. (Not
-    // INSERT OR IGNORE: the upsert that fires the trigger would override its OR IGNORE.)
+    // that change its rows, and the segments left open found from their own index. A
+    // segment grows every sync round, so that trigger is one statement. (Not INSERT OR
+    // IGNORE: the upsert that fires the trigger would override its OR IGNORE.)
     "CREATE TABLE camera_usage (
         camera TEXT PRIMARY KEY,
         bytes INTEGER NOT NULL,
@@ -224,7 +225,12 @@ const MIGRATIONS: &[&str] = &[
         UPDATE camera_usage SET bytes = bytes - old.bytes, segments = segments - 1
          WHERE camera = old.camera;
      END;
-     CREATE TRIGGER segment_usage_update AFTER UPDATE OF camera, bytes ON segment BEGIN
+     CREATE TRIGGER segment_usage_grow AFTER UPDATE OF bytes ON segment
+     WHEN new.camera = old.camera BEGIN
+        UPDATE camera_usage SET bytes = bytes + new.bytes - old.bytes WHERE camera = new.camera;
+     END;
+     CREATE TRIGGER segment_usage_move AFTER UPDATE OF camera, bytes ON segment
+     WHEN new.camera != old.camera BEGIN
         UPDATE camera_usage SET bytes = bytes - old.bytes, segments = segments - 1
          WHERE camera = old.camera;
         INSERT INTO camera_usage SELECT new.camera, 0, 0
